@@ -1,0 +1,21 @@
+"""fasttrain: a fast, measured PyTorch training core.
+
+Compiled kernels (C++ for CPU, Triton for GPU) behind a small API. Heavy optional dependencies
+(triton, onnx, onnxruntime, optuna) are imported only when the feature that needs them is used.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("fasttrain")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from an unusual layout
+    __version__ = "0+unknown"
+
+import torch as _torch  # noqa: F401  (load torch's libgomp before our extension's OpenMP)
+
+from fasttrain import ops
+from fasttrain._info import info
+
+__all__ = ["__version__", "info", "ops"]

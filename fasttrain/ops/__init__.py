@@ -1,0 +1,12 @@
+"""fasttrain.ops: the only place where tensors meet the compiled core.
+
+Every op here validates its inputs (dtype, device, shape, contiguity, aliasing), is registered with
+`torch.library.custom_op` + `register_fake` so torch.compile can trace it, and has a pure-torch
+reference in `fasttrain.ops.reference`. `REGISTRY` lists them all.
+"""
+
+from fasttrain.ops import reference
+from fasttrain.ops._registry import REGISTRY, OpSpec
+from fasttrain.ops.grad_norm import clip_grad_norm_, get_total_norm
+
+__all__ = ["REGISTRY", "OpSpec", "clip_grad_norm_", "get_total_norm", "reference"]

@@ -1,0 +1,54 @@
+"""Pure-torch references for every fasttrain op.
+
+Tests and benchmarks import these same functions (never a private copy), so the definition of
+"correct" lives in one place. They favour clarity and accuracy over speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["total_norm_reference", "clip_grad_norm_reference"]
+
+
+@torch.no_grad()
+def total_norm_reference(
+    tensors: Sequence[torch.Tensor], norm_type: float = 2.0, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Global `norm_type`-norm of all elements of `tensors`, computed in `dtype` (fp32 by default).
+
+    tensors: list of any-shape float tensors on one device. Returns a 0-dim `dtype` tensor.
+    Pass dtype=torch.float64 for a ground truth to measure fp32 kernels against.
+    """
+    if len(tensors) == 0:
+        return torch.zeros((), dtype=dtype)
+    norms = [torch.linalg.vector_norm(t.to(dtype), norm_type) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
+
+
+@torch.no_grad()
+def clip_grad_norm_reference(
+    tensors: Sequence[torch.Tensor],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ semantics on a list of tensors, with the norm and the scaling
+    computed in `dtype` (fp32 default) and each result rounded once to the tensor's own dtype.
+
+    Mutates `tensors` in place; returns the total norm (0-dim `dtype`).
+    """
+    total = total_norm_reference(tensors, norm_type, dtype=dtype)
+    if error_if_nonfinite and not torch.isfinite(total):
+        raise RuntimeError(
+            f"The total norm of order {float(norm_type)} for gradients is non-finite, so it cannot be clipped. "
+            "To scale the gradients by the non-finite norm anyway, set `error_if_nonfinite=False`"
+        )
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for t in tensors:
+        t.copy_(t.to(dtype) * coef)
+    return total
