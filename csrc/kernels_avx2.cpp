@@ -3,6 +3,7 @@
 // which round exactly as the vector code does.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "common.h"
@@ -60,11 +61,11 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
+// Sum of squares of elements [i, end): four accumulators hide the FMA latency.
 template <DType D>
-float sumsq_t(const void* p, int64_t n) {
+float sumsq_block(const void* p, int64_t i, int64_t end) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  int64_t i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
+  for (; i + 4 * W <= end; i += 4 * W) {
     const __m256 x0 = load<D>(p, i), x1 = load<D>(p, i + W);
     const __m256 x2 = load<D>(p, i + 2 * W), x3 = load<D>(p, i + 3 * W);
     a0 = _mm256_fmadd_ps(x0, x0, a0);
@@ -72,16 +73,23 @@ float sumsq_t(const void* p, int64_t n) {
     a2 = _mm256_fmadd_ps(x2, x2, a2);
     a3 = _mm256_fmadd_ps(x3, x3, a3);
   }
-  for (; i + W <= n; i += W) {
+  for (; i + W <= end; i += W) {
     const __m256 x = load<D>(p, i);
     a0 = _mm256_fmadd_ps(x, x, a0);
   }
   float acc = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; i < n; ++i) {
+  for (; i < end; ++i) {
     const float x = load_f32(p, i, D);
     acc += x * x;
   }
   return acc;
+}
+
+template <DType D>
+double sumsq_t(const void* p, int64_t n) {
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kSumBlock) total += sumsq_block<D>(p, b, std::min(n, b + kSumBlock));
+  return total;
 }
 
 template <DType D>
@@ -117,7 +125,7 @@ void scale_t(void* p, int64_t n, float s) {
   for (; i < n; ++i) store_f32(p, i, D, load_f32(p, i, D) * s);
 }
 
-float sumsq(const void* p, int64_t n, DType dt) {
+double sumsq(const void* p, int64_t n, DType dt) {
   return with_dtype(dt, [&](auto d) { return sumsq_t<d.value>(p, n); });
 }
 float absmax(const void* p, int64_t n, DType dt) {

@@ -3,6 +3,7 @@
 // Tails use masked loads/stores instead of a scalar loop, so odd sizes take the same code path.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "common.h"
@@ -48,12 +49,11 @@ inline void store(void* p, int64_t i, __mmask16 m, __m512 v) {
 
 inline __mmask16 tail_mask(int64_t k) { return __mmask16((1u << k) - 1u); }
 
+// Sum of squares of elements [i, end): four accumulators hide the FMA latency.
 template <DType D>
-float sumsq_t(const void* p, int64_t n) {
-  // Four accumulators hide the FMA latency; 64 fp32 lanes also keep the rounding error small.
+float sumsq_block(const void* p, int64_t i, int64_t end) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  int64_t i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
+  for (; i + 4 * W <= end; i += 4 * W) {
     const __m512 x0 = load<D>(p, i, 0xffff), x1 = load<D>(p, i + W, 0xffff);
     const __m512 x2 = load<D>(p, i + 2 * W, 0xffff), x3 = load<D>(p, i + 3 * W, 0xffff);
     a0 = _mm512_fmadd_ps(x0, x0, a0);
@@ -61,11 +61,18 @@ float sumsq_t(const void* p, int64_t n) {
     a2 = _mm512_fmadd_ps(x2, x2, a2);
     a3 = _mm512_fmadd_ps(x3, x3, a3);
   }
-  for (; i < n; i += W) {
-    const __m512 x = load<D>(p, i, n - i >= W ? __mmask16(0xffff) : tail_mask(n - i));
+  for (; i < end; i += W) {
+    const __m512 x = load<D>(p, i, end - i >= W ? __mmask16(0xffff) : tail_mask(end - i));
     a0 = _mm512_fmadd_ps(x, x, a0);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+template <DType D>
+double sumsq_t(const void* p, int64_t n) {
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kSumBlock) total += sumsq_block<D>(p, b, std::min(n, b + kSumBlock));
+  return total;
 }
 
 template <DType D>
@@ -102,7 +109,7 @@ void scale_t(void* p, int64_t n, float s) {
   }
 }
 
-float sumsq(const void* p, int64_t n, DType dt) {
+double sumsq(const void* p, int64_t n, DType dt) {
   return with_dtype(dt, [&](auto d) { return sumsq_t<d.value>(p, n); });
 }
 float absmax(const void* p, int64_t n, DType dt) {

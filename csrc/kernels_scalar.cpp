@@ -1,5 +1,6 @@
 // Portable kernels: baseline-ISA C++ (the compiler may still use SSE2 on x86-64). They define the
 // semantics the SIMD versions must reproduce and run on any CPU.
+#include <algorithm>
 #include <cmath>
 
 #include "common.h"
@@ -7,22 +8,28 @@
 namespace ft::scalar {
 namespace {
 
+// Sum of squares of elements [i, end): eight independent partial sums (shorter dependency
+// chains and less rounding than one).
 template <DType D>
-float sumsq_t(const void* p, int64_t n) {
-  // Eight independent partial sums: shorter dependency chains and a smaller rounding error
-  // than one serial fp32 accumulator.
+float sumsq_block(const void* p, int64_t i, int64_t end) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
+  for (; i + 8 <= end; i += 8)
     for (int j = 0; j < 8; ++j) {
       const float x = load_f32(p, i + j, D);
       acc[j] += x * x;
     }
-  for (; i < n; ++i) {
+  for (; i < end; ++i) {
     const float x = load_f32(p, i, D);
     acc[0] += x * x;
   }
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+template <DType D>
+double sumsq_t(const void* p, int64_t n) {
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kSumBlock) total += sumsq_block<D>(p, b, std::min(n, b + kSumBlock));
+  return total;
 }
 
 template <DType D>
@@ -42,7 +49,7 @@ void scale_t(void* p, int64_t n, float s) {
   for (int64_t i = 0; i < n; ++i) store_f32(p, i, D, load_f32(p, i, D) * s);
 }
 
-float sumsq(const void* p, int64_t n, DType dt) {
+double sumsq(const void* p, int64_t n, DType dt) {
   return with_dtype(dt, [&](auto d) { return sumsq_t<d.value>(p, n); });
 }
 float absmax(const void* p, int64_t n, DType dt) {

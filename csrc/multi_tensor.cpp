@@ -42,7 +42,7 @@ float multi_tensor_norm(const std::vector<TensorRef>& ts, double norm_type, int 
   int64_t total = 0;
   const std::vector<Chunk> chunks = make_chunks(ts, &total);
   const int64_t nc = int64_t(chunks.size());
-  std::vector<float> partial(chunks.size());
+  std::vector<double> partial(chunks.size());
   const KernelTable& k = kernels();
   const bool inf_norm = std::isinf(norm_type);
 #pragma omp parallel for num_threads(threads_for(total, threads)) schedule(static)
@@ -50,15 +50,15 @@ float multi_tensor_norm(const std::vector<TensorRef>& ts, double norm_type, int 
     partial[c] = inf_norm ? k.absmax(chunks[c].ptr, chunks[c].n, chunks[c].dtype)
                           : k.sumsq(chunks[c].ptr, chunks[c].n, chunks[c].dtype);
   if (inf_norm) {
-    float m = 0.0f;
-    for (float p : partial) {
-      if (std::isnan(p)) return p;
+    double m = 0.0;
+    for (double p : partial) {
+      if (std::isnan(p)) return float(p);
       m = std::max(m, p);
     }
-    return m;
+    return float(m);
   }
-  double s = 0.0;  // fixed-order fp64 reduction: thread-count independent and accurate
-  for (float p : partial) s += double(p);
+  double s = 0.0;  // fixed-order reduction: the result does not depend on the thread count
+  for (double p : partial) s += p;
   return float(std::sqrt(s));
 }
 

@@ -15,7 +15,7 @@ struct TensorRef {
   DType dtype;
 };
 
-// Global norm over all elements of all tensors, fp32 accumulation per chunk, fp64 across chunks.
+// Global norm over all elements of all tensors: fp32 accumulation in short blocks, fp64 above that.
 // norm_type: 2 or +inf. NaN/Inf propagate as in torch.linalg.vector_norm.
 float multi_tensor_norm(const std::vector<TensorRef>& ts, double norm_type, int threads);
 

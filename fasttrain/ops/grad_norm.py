@@ -97,33 +97,32 @@ def _(tensors: list[torch.Tensor], max_norm: float, norm_type: float, error_if_n
 # Public API: torch.nn.utils names and arguments.
 
 
-def _grads(parameters: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
-    return [p.grad for p in parameters if p.grad is not None]
+def _as_list(op: str, name: str, tensors: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor):
+        return [tensors]  # as torch.nn.utils: a single tensor means a list of one
+    try:
+        return list(tensors)
+    except TypeError:
+        raise TypeError(f"{op}: `{name}` must be a tensor or an iterable of tensors, got {type(tensors).__name__}") from None
 
 
 @torch.no_grad()
 def get_total_norm(
-    tensors: Sequence[torch.Tensor], norm_type: float = 2.0, error_if_nonfinite: bool = False
+    tensors: torch.Tensor | Iterable[torch.Tensor], norm_type: float = 2.0, error_if_nonfinite: bool = False
 ) -> torch.Tensor:
     """Global norm of all elements of `tensors`, as `torch.nn.utils.get_total_norm`.
 
-    tensors: list of contiguous fp32/bf16/fp16 tensors of any shapes and mixed dtypes, on one device.
+    tensors: a tensor or a list of contiguous fp32/bf16/fp16 tensors (any shapes, mixed dtypes) on one device.
     Returns a 0-dim fp32 tensor on that device (torch returns the tensors' dtype; fasttrain always
     accumulates and returns fp32). norm_type 2 and inf are fused; other orders use the pure-torch path.
     """
     op = "fasttrain.ops.get_total_norm"
     p = check_norm_type(op, norm_type)
-    tensors = list(tensors)
+    tensors = _as_list(op, "tensors", tensors)
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
-    if p in _FUSED_NORMS:
-        check_tensor_list(op, "tensors", tensors)
-        norm = _total_norm_op(tensors, p)
-    else:
-        check_tensor_list(op, "tensors", tensors)
-        norm = reference.total_norm_reference(tensors, p)
+    check_tensor_list(op, "tensors", tensors)
+    norm = _total_norm_op(tensors, p) if p in _FUSED_NORMS else reference.total_norm_reference(tensors, p)
     if error_if_nonfinite and not torch.isfinite(norm):
         raise _nonfinite_error(p)
     return norm
@@ -150,7 +149,7 @@ def clip_grad_norm_(
         max_norm = float(max_norm)
     except (TypeError, ValueError):
         raise TypeError(f"{op}: max_norm must be a number, got {max_norm!r}") from None
-    grads = _grads(parameters)
+    grads = [p.grad for p in _as_list(op, "parameters", parameters) if p.grad is not None]
     if not grads:
         return torch.zeros((), dtype=torch.float32)
     check_tensor_list(op, "grads", grads)

@@ -22,6 +22,8 @@ def total_norm_reference(
     tensors: list of any-shape float tensors on one device. Returns a 0-dim `dtype` tensor.
     Pass dtype=torch.float64 for a ground truth to measure fp32 kernels against.
     """
+    # Empty tensors contribute nothing (torch's inf-norm would raise on them: |x| >= 0 gives 0 as identity).
+    tensors = [t for t in tensors if t.numel()]
     if len(tensors) == 0:
         return torch.zeros((), dtype=dtype)
     norms = [torch.linalg.vector_norm(t.to(dtype), norm_type) for t in tensors]

@@ -1,0 +1,13 @@
+"""fasttrain.kernels: Triton kernels for CUDA tensors.
+
+Installed as `fasttrain.kernels` (the source folder is top-level `kernels/`). Importing a kernel
+module imports triton; `import fasttrain` never does. CPU CI runs these kernels on CPU tensors with
+TRITON_INTERPRET=1 (fp32/fp16: the interpreter has no bf16).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+if importlib.util.find_spec("triton") is None:  # pragma: no cover - depends on the environment
+    raise ImportError("fasttrain.kernels needs Triton: pip install 'fasttrain[triton]'")
