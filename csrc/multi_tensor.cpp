@@ -67,8 +67,14 @@ void multi_tensor_scale(const std::vector<TensorRef>& ts, float scale, int threa
   const std::vector<Chunk> chunks = make_chunks(ts, &total);
   const int64_t nc = int64_t(chunks.size());
   const KernelTable& k = kernels();
+  // Walk the chunks backwards: right after a norm pass the last-read chunks are still in the
+  // last-level cache (32 MiB on this box), so the scale pass starts with cache hits instead of
+  // evicting them first. Each thread's static block is reversed alike.
 #pragma omp parallel for num_threads(threads_for(total, threads)) schedule(static)
-  for (int64_t c = 0; c < nc; ++c) k.scale(chunks[c].ptr, chunks[c].n, chunks[c].dtype, scale);
+  for (int64_t r = 0; r < nc; ++r) {
+    const Chunk& ch = chunks[nc - 1 - r];
+    k.scale(ch.ptr, ch.n, ch.dtype, scale);
+  }
 }
 
 float clip_by_total_norm(const std::vector<TensorRef>& ts, double max_norm, double norm_type,

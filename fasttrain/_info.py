@@ -10,8 +10,16 @@ from importlib import metadata
 __all__ = ["info", "format_info"]
 
 
+def triton_installed() -> bool:
+    """Whether `import triton` can work, without importing it (slow, and never needed by `import fasttrain`)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # blocked, or a broken partial install
+        return False
+
+
 def _triton_status(cuda: bool) -> str:
-    if importlib.util.find_spec("triton") is None:
+    if not triton_installed():
         return "not installed (pip install 'fasttrain[triton]')"
     version = metadata.version("triton")
     if cuda:

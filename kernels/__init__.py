@@ -7,7 +7,7 @@ TRITON_INTERPRET=1 (fp32/fp16: the interpreter has no bf16).
 
 from __future__ import annotations
 
-import importlib.util
+from fasttrain._info import triton_installed
 
-if importlib.util.find_spec("triton") is None:  # pragma: no cover - depends on the environment
+if not triton_installed():  # pragma: no cover - depends on the environment
     raise ImportError("fasttrain.kernels needs Triton: pip install 'fasttrain[triton]'")

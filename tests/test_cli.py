@@ -1,0 +1,35 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fasttrain.cli import main
+
+
+def test_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["isa"] in d["isa_available"]
+
+
+def test_demo_small_prints_ratios(capsys):
+    assert main(["demo", "--small", "--seconds", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "isa" in out
+    rows = [line for line in out.splitlines() if line.startswith(("float32", "bfloat16"))]
+    assert len(rows) == 4
+    for row in rows:
+        speedup = float(row.split()[4].rstrip("x"))
+        assert speedup > 0
+
+
+def test_demo_rejects_bad_seconds():
+    with pytest.raises(SystemExit, match="--seconds must be positive"):
+        main(["demo", "--seconds", "0"])
+
+
+def test_unknown_command_fails_with_usage():
+    r = subprocess.run([sys.executable, "-m", "fasttrain.cli", "trian"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "invalid choice: 'trian'" in r.stderr
