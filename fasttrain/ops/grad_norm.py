@@ -121,11 +121,10 @@ def get_total_norm(
     tensors = _as_list(op, "tensors", tensors)
     if not tensors:
         return torch.zeros((), dtype=torch.float32)
-    if p in _FUSED_NORMS:
-        norm = _total_norm_op(tensors, p)  # checks its inputs itself
-    else:
-        check_tensor_list(op, "tensors", tensors)
-        norm = reference.total_norm_reference(tensors, p)
+    # Checked here as well as inside the op: the dispatcher routes by device and layout first, so a
+    # sparse or MPS tensor would otherwise fail with a dispatcher error instead of this message.
+    check_tensor_list(op, "tensors", tensors)
+    norm = _total_norm_op(tensors, p) if p in _FUSED_NORMS else reference.total_norm_reference(tensors, p)
     if error_if_nonfinite and not torch.isfinite(norm):
         raise _nonfinite_error(p)
     return norm
@@ -155,9 +154,9 @@ def clip_grad_norm_(
     grads = [p.grad for p in _as_list(op, "parameters", parameters) if p.grad is not None]
     if not grads:
         return torch.zeros((), dtype=torch.float32)
+    check_tensor_list(op, "grads", grads)  # before dispatch, as in get_total_norm
     if p in _FUSED_NORMS:
-        return _clip_op(grads, max_norm, p, bool(error_if_nonfinite))  # checks its inputs itself
-    check_tensor_list(op, "grads", grads)
+        return _clip_op(grads, max_norm, p, bool(error_if_nonfinite))
     check_no_overlap(op, "grads", grads)
     return reference.clip_grad_norm_reference(grads, max_norm, p, error_if_nonfinite)
 
