@@ -9,9 +9,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmarks_run_in_smoke_mode():
+    # cwd=benchmarks/: `python -m` puts the cwd on sys.path, and from the repository root that would
+    # shadow the installed fasttrain (with its compiled _C) by the source folder.
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-disable", "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT,
+        [sys.executable, "-m", "pytest", ".", "--benchmark-disable", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT / "benchmarks",
         capture_output=True,
         text=True,
     )

@@ -1,8 +1,7 @@
 import json
-import subprocess
-import sys
 
 import pytest
+from _subprocess import run_python
 
 from fasttrain.cli import main
 
@@ -30,6 +29,6 @@ def test_demo_rejects_bad_seconds():
 
 
 def test_unknown_command_fails_with_usage():
-    r = subprocess.run([sys.executable, "-m", "fasttrain.cli", "trian"], capture_output=True, text=True)
+    r = run_python("-m", "fasttrain.cli", "trian")
     assert r.returncode == 2
     assert "invalid choice: 'trian'" in r.stderr

@@ -1,12 +1,7 @@
-import os
-import subprocess
-import sys
+import pytest
+from _subprocess import run_python
 
 import fasttrain
-
-
-def run_python(code, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
 
 
 def test_info_reports_build_and_runtime():
@@ -20,7 +15,7 @@ def test_info_reports_build_and_runtime():
 
 
 def test_import_does_not_import_triton():
-    r = run_python("import sys, fasttrain; fasttrain.info(); print('triton' in sys.modules)")
+    r = run_python("-c", "import sys, fasttrain; fasttrain.info(); print('triton' in sys.modules)")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
 
@@ -38,7 +33,7 @@ def test_import_works_without_triton_installed():
         "print(fasttrain.info()['triton'])\n"
         "print(fasttrain.ops.get_total_norm([torch.ones(4)]).item())\n"
     )
-    r = run_python(code)
+    r = run_python("-c", code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["not installed (pip install 'fasttrain[triton]')", "2.0"]
 
@@ -49,7 +44,5 @@ def test_num_threads_env_validated(monkeypatch):
     monkeypatch.setenv("FASTTRAIN_NUM_THREADS", "3")
     assert num_threads() == 3
     monkeypatch.setenv("FASTTRAIN_NUM_THREADS", "zero")
-    import pytest
-
     with pytest.raises(ValueError, match="FASTTRAIN_NUM_THREADS must be a positive integer"):
         num_threads()

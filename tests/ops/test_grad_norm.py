@@ -2,10 +2,9 @@
 torch.nn.utils, on every ISA path, for odd sizes, mixed dtypes, NaN/Inf and bad input."""
 
 import math
-import subprocess
-import sys
 
 import pytest
+from _subprocess import run_python
 import torch
 
 import fasttrain
@@ -217,20 +216,14 @@ def test_non_list_and_bad_arguments_rejected():
 # --------------------------------------------------------------------------------------------- ISA override
 
 
-def run_python(code, **env):
-    import os
-
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
-
-
 def test_isa_env_override_selects_path():
-    r = run_python("import fasttrain; print(fasttrain.info()['isa'])", FASTTRAIN_ISA="scalar")
+    r = run_python("-c", "import fasttrain; print(fasttrain.info()['isa'])", FASTTRAIN_ISA="scalar")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "scalar"
 
 
 def test_isa_env_override_rejects_unknown_value():
-    r = run_python("import fasttrain", FASTTRAIN_ISA="sse9")
+    r = run_python("-c", "import fasttrain", FASTTRAIN_ISA="sse9")
     assert r.returncode != 0
     assert "FASTTRAIN_ISA: unknown ISA 'sse9'" in r.stderr
 
