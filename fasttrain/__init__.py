@@ -19,3 +19,15 @@ from fasttrain import ops
 from fasttrain._info import info
 
 __all__ = ["__version__", "info", "ops"]
+
+# Feature packages load on first use (`fasttrain.optim`, ...), so `import fasttrain` stays light and
+# never imports their optional dependencies.
+_LAZY_SUBPACKAGES = frozenset({"optim", "data", "train", "quant", "export", "tune", "bench", "kernels", "cli"})
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"fasttrain.{name}")
+    raise AttributeError(f"module 'fasttrain' has no attribute {name!r}")

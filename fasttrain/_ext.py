@@ -6,8 +6,10 @@ import os
 
 try:
     from fasttrain import _C
-except ImportError as e:  # pragma: no cover - exercised only on a broken install
-    raise ImportError(
+except ImportError as e:
+    if "FASTTRAIN_ISA" in str(e):  # a bad override, not a bad install: the message says what to set
+        raise ImportError(str(e)) from None
+    raise ImportError(  # pragma: no cover - exercised only on a broken install
         "fasttrain's compiled core (fasttrain._C) could not be imported: "
         f"{e}. Install the package with `pip install .` (or, for development, the editable install in "
         "CONTRIBUTING.md) instead of importing it from a source checkout."
