@@ -20,6 +20,7 @@ def compare_clip_grad_norm(
     clip: bool = True,
     rounds: int = 15,
     min_seconds: float = 0.0,
+    device: str = "cpu",
 ) -> dict[str, float | str | bool]:
     """Times both implementations interleaved on identical gradient lists.
 
@@ -30,7 +31,7 @@ def compare_clip_grad_norm(
     fasttrain then only reads, while torch still multiplies every gradient by 1.
     Returns medians (ms), the speedup torch/fasttrain and fasttrain's achieved GB/s.
     """
-    ours, theirs = make_grads(shapes, dtype), make_grads(shapes, dtype)
+    ours, theirs = make_grads(shapes, dtype, device=device), make_grads(shapes, dtype, device=device)
     pristine = [p.grad.clone() for p in ours]
     norm = get_total_norm(pristine).item()
     max_norm = norm * (0.5 if clip else 10.0)
@@ -50,12 +51,14 @@ def compare_clip_grad_norm(
     fns = {"fasttrain": run_ours, "torch": run_torch}
     if clip:
         fns["restore"] = lambda: restore(ours)
-    t = interleaved(fns, rounds=rounds, min_seconds=min_seconds)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    t = interleaved(fns, rounds=rounds, min_seconds=min_seconds, sync=sync)
     base = t["restore"].median if clip else 0.0
     nbytes = sum(p.numel() for p in ours) * ours[0].element_size()
     moved = 3 * nbytes if clip else nbytes  # norm read (+ scale read and write)
     ft, th = t["fasttrain"].median - base, t["torch"].median - base
     return {
+        "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "clip": clip,
         "params": sum(p.numel() for p in ours),

@@ -20,12 +20,14 @@ def gpt_param_shapes(n_layer: int = 8, d_model: int = 512, vocab: int = 32000, b
     return shapes
 
 
-def make_grads(shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32, seed: int = 0) -> list[torch.Tensor]:
+def make_grads(
+    shapes: list[tuple[int, ...]], dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device = "cpu"
+) -> list[torch.Tensor]:
     """Parameters with random gradients of the given shapes (grads scaled like real ones, ~1e-3)."""
     g = torch.Generator().manual_seed(seed)
     params = []
     for s in shapes:
-        p = torch.nn.Parameter(torch.empty(s, dtype=dtype))
-        p.grad = (torch.randn(s, generator=g) * 1e-3).to(dtype)
+        p = torch.nn.Parameter(torch.empty(s, dtype=dtype, device=device))
+        p.grad = (torch.randn(s, generator=g) * 1e-3).to(dtype=dtype, device=device)
         params.append(p)
     return params
