@@ -1,6 +1,7 @@
 // Shared, torch-free definitions for the fasttrain C++ core: dtype codes, scalar fp16/bf16
 // conversions (round-to-nearest-even, NaN-preserving) and the per-ISA kernel table.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -102,6 +103,32 @@ struct KernelTable {
   // x *= s in place, rounding back to the storage dtype (RNE).
   void (*scale)(void* p, int64_t n, DType dt, float s);
 };
+
+// Defines `const KernelTable& table()` for one ISA from the three templates its file provides:
+//   float sumsq_block<D>(p, i, end)   sum of x^2 over elements [i, end), fp32 lanes
+//   float absmax_t<D>(p, n)           max |x|, NaN if any NaN
+//   void  scale_t<D>(p, n, s)         x *= s, rounded back to D
+// The dtype switch and the fp64 flush every kSumBlock elements live here, once for all ISAs.
+#define FT_DEFINE_KERNEL_TABLE(ISA_NAME)                                                          \
+  const KernelTable& table() {                                                                     \
+    static const KernelTable t{                                                                    \
+        ISA_NAME,                                                                                  \
+        [](const void* p, int64_t n, DType dt) {                                                   \
+          return with_dtype(dt, [&](auto d) {                                                      \
+            double total = 0.0;                                                                    \
+            for (int64_t b = 0; b < n; b += kSumBlock)                                             \
+              total += sumsq_block<decltype(d)::value>(p, b, std::min(n, b + kSumBlock));          \
+            return total;                                                                          \
+          });                                                                                      \
+        },                                                                                         \
+        [](const void* p, int64_t n, DType dt) {                                                   \
+          return with_dtype(dt, [&](auto d) { return absmax_t<decltype(d)::value>(p, n); });       \
+        },                                                                                         \
+        [](void* p, int64_t n, DType dt, float s) {                                                \
+          with_dtype(dt, [&](auto d) { scale_t<decltype(d)::value>(p, n, s); });                   \
+        }};                                                                                        \
+    return t;                                                                                      \
+  }
 
 namespace scalar { const KernelTable& table(); }
 #if FT_X86

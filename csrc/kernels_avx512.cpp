@@ -68,13 +68,6 @@ float sumsq_block(const void* p, int64_t i, int64_t end) {
 }
 
 template <DType D>
-double sumsq_t(const void* p, int64_t n) {
-  double total = 0.0;
-  for (int64_t b = 0; b < n; b += kSumBlock) total += sumsq_block<D>(p, b, std::min(n, b + kSumBlock));
-  return total;
-}
-
-template <DType D>
 float absmax_t(const void* p, int64_t n) {
   __m512 m0 = _mm512_setzero_ps(), m1 = m0;
   __mmask16 nan = 0;  // max_ps drops NaNs, so they are tracked separately
@@ -108,21 +101,8 @@ void scale_t(void* p, int64_t n, float s) {
   }
 }
 
-double sumsq(const void* p, int64_t n, DType dt) {
-  return with_dtype(dt, [&](auto d) { return sumsq_t<d.value>(p, n); });
-}
-float absmax(const void* p, int64_t n, DType dt) {
-  return with_dtype(dt, [&](auto d) { return absmax_t<d.value>(p, n); });
-}
-void scale(void* p, int64_t n, DType dt, float s) {
-  with_dtype(dt, [&](auto d) { scale_t<d.value>(p, n, s); });
-}
-
 }  // namespace
 
-const KernelTable& table() {
-  static const KernelTable t{"avx512", sumsq, absmax, scale};
-  return t;
-}
+FT_DEFINE_KERNEL_TABLE("avx512")
 
 }  // namespace ft::avx512

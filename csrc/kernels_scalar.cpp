@@ -26,13 +26,6 @@ float sumsq_block(const void* p, int64_t i, int64_t end) {
 }
 
 template <DType D>
-double sumsq_t(const void* p, int64_t n) {
-  double total = 0.0;
-  for (int64_t b = 0; b < n; b += kSumBlock) total += sumsq_block<D>(p, b, std::min(n, b + kSumBlock));
-  return total;
-}
-
-template <DType D>
 float absmax_t(const void* p, int64_t n) {
   float m = 0.0f;
   bool nan = false;
@@ -49,21 +42,8 @@ void scale_t(void* p, int64_t n, float s) {
   for (int64_t i = 0; i < n; ++i) store_f32(p, i, D, load_f32(p, i, D) * s);
 }
 
-double sumsq(const void* p, int64_t n, DType dt) {
-  return with_dtype(dt, [&](auto d) { return sumsq_t<d.value>(p, n); });
-}
-float absmax(const void* p, int64_t n, DType dt) {
-  return with_dtype(dt, [&](auto d) { return absmax_t<d.value>(p, n); });
-}
-void scale(void* p, int64_t n, DType dt, float s) {
-  with_dtype(dt, [&](auto d) { scale_t<d.value>(p, n, s); });
-}
-
 }  // namespace
 
-const KernelTable& table() {
-  static const KernelTable t{"scalar", sumsq, absmax, scale};
-  return t;
-}
+FT_DEFINE_KERNEL_TABLE("scalar")
 
 }  // namespace ft::scalar
