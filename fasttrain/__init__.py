@@ -25,9 +25,14 @@ __all__ = ["__version__", "info", "ops"]
 _LAZY_SUBPACKAGES = frozenset({"optim", "data", "train", "quant", "export", "tune", "bench", "kernels", "cli"})
 
 
-def __getattr__(name: str):
-    if name in _LAZY_SUBPACKAGES:
-        import importlib
+_LAZY_NAMES = {"Trainer": "fasttrain.train", "Precision": "fasttrain.train"}
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_SUBPACKAGES:
         return importlib.import_module(f"fasttrain.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
     raise AttributeError(f"module 'fasttrain' has no attribute {name!r}")

@@ -1,0 +1,20 @@
+"""fasttrain.train: the Trainer, its precision policy, callbacks, loggers and checkpoints."""
+
+from fasttrain.train.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ThroughputMonitor,
+)
+from fasttrain.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fasttrain.train.data import TensorBatches
+from fasttrain.train.loggers import CSVLogger, Logger, TensorBoardLogger
+from fasttrain.train.precision import PRESETS, Precision
+from fasttrain.train.trainer import Trainer
+
+__all__ = [
+    "Trainer", "Precision", "PRESETS", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateMonitor",
+    "ThroughputMonitor", "CSVLogger", "TensorBoardLogger", "Logger", "CheckpointError", "save_checkpoint",
+    "load_checkpoint", "TensorBatches",
+]

@@ -1,0 +1,462 @@
+"""fasttrain.Trainer: one readable training loop with Lightning's conveniences and no hidden syncs.
+
+Hot loop contract: between log points nothing reads a tensor on the host. Loss sums and the count of
+non-finite losses accumulate on the device and are read every `log_every` optimizer steps.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fasttrain.ops import clip_grad_norm_
+from fasttrain.train.callbacks import Callback
+from fasttrain.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from fasttrain.train.data import TensorBatches, is_resumable
+from fasttrain.train.loggers import make_loggers
+from fasttrain.train.precision import Precision, resolve_precision
+
+__all__ = ["Trainer"]
+
+
+class _Timers:
+    """Host-side wall-time accumulators for the step-time breakdown (data / forward_backward / optimizer)."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.totals[name] += time.perf_counter() - t0
+
+    def reset(self):
+        self.totals = defaultdict(float)
+
+
+class Trainer:
+    """Trains `model` on batches; see README "Trainer" for the full argument list.
+
+    model: returns a loss for a batch (loss_fn=None; called as model(*batch)), or is scored by
+        loss_fn(model(x), y) for batches (x, y).
+    optimizer: "adamw" | "sgd" | "lion" (fasttrain's fused optimizers, built with optimizer_kwargs and
+        the precision policy), a torch Optimizer, or a callable(params) -> Optimizer.
+    lr_scheduler: an LRScheduler or a callable(optimizer) -> LRScheduler, stepped every optimizer step.
+    max_epochs / max_steps: whichever is reached first (optimizer steps; at least one must be set).
+    grad_accum: micro-batches per optimizer step. clip_grad_norm: global-norm clipping (fused op).
+    log_every: optimizer steps between log points (the only host syncs of the loop).
+    checkpoint_dir: where step-N.ckpt files go (every `checkpoint_every` steps and at each epoch end;
+        the newest `keep_last_k` are kept). Also the default directory of the CSV log.
+    compile: False | True | "auto" (times eager and compiled for a few steps and keeps the faster).
+    batch_size: used when fit() gets tensors instead of a loader.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: str | torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] = "adamw",
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        precision: str | Precision = "fp32",
+        max_epochs: int | None = None,
+        max_steps: int | None = None,
+        grad_accum: int = 1,
+        clip_grad_norm: float | None = None,
+        lr_scheduler: Any = None,
+        callbacks: Iterable[Callback] = (),
+        loggers: Any = "csv",
+        log_every: int = 50,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        keep_last_k: int = 3,
+        compile: bool | str = False,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        batch_size: int = 32,
+        progress: bool | None = None,
+        verbose: bool = True,
+    ):
+        if max_epochs is None and max_steps is None:
+            raise ValueError("Trainer: set max_epochs or max_steps (or both)")
+        for name, v in (("max_epochs", max_epochs), ("max_steps", max_steps)):
+            if v is not None and v < 1:
+                raise ValueError(f"Trainer: {name} must be >= 1, got {v}")
+        if grad_accum < 1 or log_every < 1 or keep_last_k < 1:
+            raise ValueError("Trainer: grad_accum, log_every and keep_last_k must be >= 1")
+        if compile not in (False, True, "auto"):
+            raise ValueError(f"Trainer: compile must be False, True or 'auto', got {compile!r}")
+        self.precision = resolve_precision(precision)
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.model = model.to(device=self.device, dtype=self.precision.params)
+        self.loss_fn, self.max_epochs, self.max_steps = loss_fn, max_epochs, max_steps
+        self.grad_accum, self.clip_grad_norm, self.log_every = grad_accum, clip_grad_norm, log_every
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_every, self.keep_last_k, self.compile, self.seed = checkpoint_every, keep_last_k, compile, seed
+        self.batch_size, self.verbose = batch_size, verbose
+        self.progress = progress if progress is not None else (sys.stderr.isatty() and not os.environ.get("CI"))
+        self.callbacks = list(callbacks)
+        self.loggers = make_loggers(loggers, self.checkpoint_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        self.optimizer = self._build_optimizer(optimizer, optimizer_kwargs or {})
+        self.lr_scheduler = lr_scheduler(self.optimizer) if callable(lr_scheduler) and not hasattr(lr_scheduler, "step") else lr_scheduler
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.loss_scaling else None
+        self.global_step = self.epoch = self.samples_seen = 0
+        self.should_stop = False
+        self.timers = _Timers()
+        self.history: list[dict[str, float]] = []
+        self.train_loader: Any = None
+        self._step_fn = self.model
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _build_optimizer(self, optimizer, kwargs) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if isinstance(optimizer, torch.optim.Optimizer):
+            return optimizer
+        if isinstance(optimizer, str):
+            from fasttrain import optim as ft_optim
+
+            classes = {"adamw": ft_optim.AdamW, "sgd": ft_optim.SGD, "lion": ft_optim.Lion}
+            if optimizer not in classes:
+                raise ValueError(f"Trainer: unknown optimizer {optimizer!r}; use one of {', '.join(classes)}, "
+                                 "a torch.optim.Optimizer or a callable(params)")
+            kw = dict(kwargs)
+            if self.precision.master_weights:
+                kw.setdefault("master_weights", True)
+            if self.precision.optimizer_state != torch.float32:
+                kw.setdefault("state_dtype", self.precision.optimizer_state)
+            return classes[optimizer](params, **kw)
+        if callable(optimizer):
+            if self.precision.master_weights:
+                raise ValueError("Trainer: this precision keeps fp32 master weights inside fasttrain's optimizers; "
+                                 "pass optimizer='adamw' (or 'sgd'/'lion'), or a Precision with master_weights=False")
+            return optimizer(params)
+        raise TypeError(f"Trainer: optimizer must be a name, an Optimizer or a callable, got {type(optimizer).__name__}")
+
+    def _as_loader(self, data, shuffle: bool) -> Any:
+        if isinstance(data, torch.Tensor):
+            data = (data,)
+        if isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data):
+            return TensorBatches(data, self.batch_size, shuffle=shuffle, seed=self.seed)
+        if not hasattr(data, "__iter__"):
+            raise TypeError(f"Trainer: data must be a loader, an iterable of batches or a tuple of tensors, got {type(data).__name__}")
+        return data
+
+    def _to_device(self, batch):
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self._to_device(b) for b in batch)
+        return batch
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.precision.compute, enabled=self.precision.autocast)
+
+    def _forward_loss(self, batch, fn=None) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        fn = fn or self._step_fn
+        with self._autocast():
+            if self.loss_fn is None:
+                out = fn(**batch) if isinstance(batch, dict) else fn(*batch) if isinstance(batch, (list, tuple)) else fn(batch)
+                return out, None, None
+            x, y = batch[0], batch[1]
+            out = fn(x)
+            return self.loss_fn(out, y), out, y
+
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # ------------------------------------------------------------------------------------------ fit
+
+    def fit(self, train_data, val_data=None, resume: str | os.PathLike | None = None) -> "Trainer":
+        """Trains until max_epochs/max_steps or a callback sets `should_stop`. resume: "last" or a path."""
+        self.train_loader = self._as_loader(train_data, shuffle=True)
+        self._seed_everything()
+        if resume is not None:
+            self._resume(resume)
+        if self.verbose:
+            n = sum(p.numel() for p in self.model.parameters())
+            print(f"fasttrain.Trainer: {n / 1e6:.2f}M parameters on {self.device}, precision:\n{self.precision.table()}")
+        if self.compile:
+            self._setup_compile()
+        bar = self._progress_bar()
+        self._call("on_fit_start")
+        loss_sum = torch.zeros((), device=self.device)
+        nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
+        micro, steps_since_log = 0, 0
+        self.model.train()
+        while not self._done():
+            self._call("on_train_epoch_start")
+            if not is_resumable(self.train_loader) and hasattr(self.train_loader, "set_epoch"):
+                self.train_loader.set_epoch(self.epoch)
+            it = iter(self.train_loader)
+            while True:
+                with self.timers("data"):
+                    batch = next(it, None)
+                if batch is None:
+                    break
+                batch = self._to_device(batch)
+                with self.timers("forward_backward"):
+                    loss, _, _ = self._forward_loss(batch)
+                    detached = loss.detach()
+                    loss_sum += detached.float()
+                    nonfinite += (~torch.isfinite(detached)).long()
+                    scaled = loss / self.grad_accum
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                self.samples_seen += _batch_len(batch)
+                micro += 1
+                if micro < self.grad_accum:
+                    continue
+                micro = 0
+                self._optimizer_step()
+                steps_since_log += 1
+                self._call("on_train_batch_end")
+                if self.global_step % self.log_every == 0:
+                    self._log_train(loss_sum, nonfinite, steps_since_log * self.grad_accum, bar)
+                    loss_sum.zero_()
+                    steps_since_log = 0
+                if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
+                    self._save_step_checkpoint()
+                if self._done():
+                    break
+            if batch is None:  # the epoch ran out (not stopped by max_steps / should_stop)
+                if micro:  # a partial accumulation at the end of an epoch still takes its step
+                    micro = 0
+                    self._optimizer_step()
+                self.epoch += 1
+                if val_data is not None:
+                    self._validate_and_call(val_data)
+                self._call("on_train_epoch_end")
+                if self.checkpoint_dir is not None:
+                    self._save_step_checkpoint()
+        if steps_since_log:
+            self._log_train(loss_sum, nonfinite, steps_since_log * self.grad_accum, bar)
+        if bar is not None:
+            bar.close()
+        self._call("on_fit_end")
+        for lg in self.loggers:
+            lg.close()
+        return self
+
+    def _done(self) -> bool:
+        return (
+            self.should_stop
+            or (self.max_steps is not None and self.global_step >= self.max_steps)
+            or (self.max_epochs is not None and self.epoch >= self.max_epochs)
+        )
+
+    def _optimizer_step(self) -> None:
+        with self.timers("optimizer"):
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if self.clip_grad_norm is not None:
+                clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
+        self.global_step += 1
+
+    def _log_train(self, loss_sum, nonfinite, n_micro, bar) -> None:
+        # The log point: the only place the loop reads device values.
+        metrics = {"epoch": float(self.epoch), "train_loss": loss_sum.item() / max(n_micro, 1),
+                   "nonfinite_losses": float(nonfinite.item())}
+        self._call("on_log", metrics)
+        self._emit(metrics)
+        if bar is not None:
+            bar.n = self.global_step
+            bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", refresh=True)
+
+    def _emit(self, metrics: dict[str, float]) -> None:
+        self.history.append({"step": self.global_step, **metrics})
+        for lg in self.loggers:
+            lg.log(self.global_step, metrics)
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        total = self.max_steps
+        if total is None and hasattr(self.train_loader, "__len__"):
+            total = self.max_epochs * -(-len(self.train_loader) // self.grad_accum)
+        return tqdm(total=total, initial=self.global_step, unit="step", mininterval=0, dynamic_ncols=True)
+
+    # ------------------------------------------------------------------------------------------ eval
+
+    @torch.no_grad()
+    def validate(self, data) -> dict[str, float]:
+        """Mean loss over `data` (and top-1 accuracy when the model returns class logits)."""
+        metrics = self._evaluate(data)
+        self._emit(metrics)
+        return metrics
+
+    def _validate_and_call(self, data) -> None:
+        metrics = self.validate(data)
+        self._call("on_validation_end", metrics)
+
+    @torch.no_grad()
+    def _evaluate(self, data) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        n, have_acc = 0, False
+        for batch in self._as_loader(data, shuffle=False):
+            batch = self._to_device(batch)
+            loss, out, y = self._forward_loss(batch, fn=self.model)
+            b = _batch_len(batch)
+            loss_sum += loss.double() * b
+            n += b
+            if out is not None and out.ndim == 2 and y is not None and not y.is_floating_point():
+                correct += (out.argmax(1) == y).sum()
+                have_acc = True
+        self.model.train(was_training)
+        metrics = {"val_loss": loss_sum.item() / max(n, 1)}
+        if have_acc:
+            metrics["val_acc"] = correct.item() / max(n, 1)
+        return metrics
+
+    @torch.no_grad()
+    def predict(self, data) -> torch.Tensor:
+        """Model outputs for every batch of `data` (x, or (x, ...) tuples), concatenated."""
+        was_training = self.model.training
+        self.model.eval()
+        outs = []
+        for batch in self._as_loader(data, shuffle=False):
+            batch = self._to_device(batch)
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            with self._autocast():
+                outs.append(self.model(x))
+        self.model.train(was_training)
+        return torch.cat(outs)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def _seed_everything(self) -> None:
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        torch.manual_seed(self.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "loader": self.train_loader.state_dict() if is_resumable(self.train_loader) else None,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            "counters": {"global_step": self.global_step, "epoch": self.epoch, "samples_seen": self.samples_seen},
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "config": {"precision": repr(self.precision), "grad_accum": self.grad_accum, "seed": self.seed},
+        }
+        self._call("on_save_checkpoint", state)
+        return state
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        return save_checkpoint(path, self.state_dict())
+
+    def _save_step_checkpoint(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        self.save_checkpoint(self.checkpoint_dir / f"step-{self.global_step}.ckpt")
+        for old in list_checkpoints(self.checkpoint_dir)[: -self.keep_last_k]:
+            old.unlink(missing_ok=True)
+
+    def _resume(self, resume) -> None:
+        if resume == "last":
+            if self.checkpoint_dir is None:
+                raise ValueError("fit(resume='last') needs Trainer(checkpoint_dir=...)")
+            found = list_checkpoints(self.checkpoint_dir)
+            if not found:
+                raise FileNotFoundError(f"fit(resume='last'): no step-*.ckpt in {self.checkpoint_dir}")
+            resume = found[-1]
+        state = load_checkpoint(resume, map_location="cpu")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if state["loader"] is not None and is_resumable(self.train_loader):
+            self.train_loader.load_state_dict(state["loader"])
+        elif state["counters"]["global_step"]:
+            raise ValueError("fit(resume=...): this training data cannot restore its position; pass tensors or a "
+                             "fasttrain.data.Loader (both resume exactly) instead of a plain iterable")
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        c = state["counters"]
+        self.global_step, self.epoch, self.samples_seen = c["global_step"], c["epoch"], c["samples_seen"]
+        for cb, s in zip(self.callbacks, state["callbacks"]):
+            cb.load_state_dict(s)
+        self._call("on_load_checkpoint", state)
+
+    # ------------------------------------------------------------------------------------------ compile
+
+    def _setup_compile(self) -> None:
+        compiled = torch.compile(self.model)
+        if self.compile is True:
+            self._step_fn = compiled
+            return
+        # "auto": time forward+backward on the first batch, eager vs compiled; keep the faster.
+        batch = self._to_device(next(iter(self._as_loader(_peek(self.train_loader), shuffle=False))))
+        times = {}
+        for name, fn in (("eager", self.model), ("compiled", compiled)):
+            for i in range(4):  # the first compiled call compiles: not timed
+                t0 = time.perf_counter()
+                loss, _, _ = self._forward_loss(batch, fn=fn)
+                loss.backward()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:
+                    times.setdefault(name, []).append(time.perf_counter() - t0)
+            self.optimizer.zero_grad(set_to_none=True)
+        eager, comp = (float(np.median(times[k])) for k in ("eager", "compiled"))
+        self._step_fn = compiled if comp < eager else self.model
+        if self.verbose:
+            print(f"compile='auto': eager {eager * 1e3:.2f} ms/step, compiled {comp * 1e3:.2f} ms/step -> "
+                  f"{'compiled' if comp < eager else 'eager'}")
+
+
+def _batch_len(batch) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        return _batch_len(next(iter(batch.values())))
+    return _batch_len(batch[0])
+
+
+def _peek(loader):
+    """One batch from a copy of the loader's first position, without advancing a resumable loader."""
+    if isinstance(loader, TensorBatches):
+        return tuple(t[: loader.batch_size] for t in loader.tensors)
+    batch = next(iter(loader))
+    return tuple(batch) if isinstance(batch, (list, tuple)) else (batch,)

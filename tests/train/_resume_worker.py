@@ -1,0 +1,49 @@
+"""Subprocess body for the exact-resume test: trains the digits MLP, optionally SIGKILLs itself at a
+given micro-batch (a forward pre-hook, so the kill can land mid-epoch or mid-accumulation), and saves
+the final weights.
+
+    python _resume_worker.py CKPT_DIR OUT MAX_STEPS GRAD_ACCUM KILL_AT_MICRO RESUME(0|1)
+"""
+
+import os
+import signal
+import sys
+
+import torch
+from torch import nn
+
+import fasttrain
+from fasttrain.examples.digits import digits_mlp, load_digits_tensors
+
+ckpt_dir, out, max_steps, grad_accum, kill_at, resume = sys.argv[1:]
+max_steps, grad_accum, kill_at, resume = int(max_steps), int(grad_accum), int(kill_at), bool(int(resume))
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Dropout(0.1), digits_mlp(64))  # dropout: the torch RNG state must resume too
+calls = 0
+
+
+def maybe_die(module, args):
+    global calls
+    calls += 1
+    if calls == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+model.register_forward_pre_hook(maybe_die)
+train, _ = load_digits_tensors()
+trainer = fasttrain.Trainer(
+    model,
+    optimizer=lambda ps: torch.optim.AdamW(ps, lr=1e-3),
+    loss_fn=nn.functional.cross_entropy,
+    max_steps=max_steps,
+    grad_accum=grad_accum,
+    lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.9),
+    checkpoint_dir=ckpt_dir,
+    checkpoint_every=1,
+    log_every=5,
+    loggers=None,
+    verbose=False,
+)
+trainer.fit(train, resume="last" if resume else None)
+torch.save(model.state_dict(), out)
