@@ -2,6 +2,7 @@
 
     fasttrain info                 what this installation runs (ISA path, threads, torch, Triton)
     fasttrain demo [--seconds S]   info, then the fused clip_grad_norm_ against torch, same run
+    fasttrain train --config F     train from a TOML run file (see fasttrain/train/config.py)
 """
 
 from __future__ import annotations
@@ -50,6 +51,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fasttrain.train.config import ConfigError, build_from_config, load_config
+
+    try:
+        trainer, train_data, val_data = build_from_config(load_config(args.config))
+    except ConfigError as e:
+        print(f"fasttrain train: {e}", file=sys.stderr)
+        return 2
+    trainer.fit(train_data, val_data=val_data, resume=args.resume)
+    if val_data is not None:
+        print(" ".join(f"{k}={v:.4f}" for k, v in trainer.validate(val_data).items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fasttrain", description="fasttrain: a fast, measured PyTorch training core")
     parser.add_argument("--version", action="version", version=_version())
@@ -61,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=8.0, help="total timing budget in seconds (default: 8)")
     p.add_argument("--small", action="store_true", help="use a small model (quick check)")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("train", help="train from a TOML run configuration")
+    p.add_argument("--config", required=True, help="path to the run's TOML file")
+    p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
