@@ -1,7 +1,8 @@
 """The `fasttrain` command.
 
     fasttrain info                 what this installation runs (ISA path, threads, torch, Triton)
-    fasttrain demo [--seconds S]   info, then the fused clip_grad_norm_ against torch, same run
+    fasttrain demo [--seconds S]   train a byte-level GPT on the stdlib source, sample, export to int8 ONNX
+    fasttrain bench [--seconds S]  the fused clip_grad_norm_ against torch, same run
     fasttrain train --config F     train from a TOML run file (see fasttrain/train/config.py)
 """
 
@@ -22,6 +23,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from fasttrain.demo import run_demo
+
+    if args.seconds <= 0:
+        raise SystemExit("fasttrain demo: --seconds must be positive")
+    run_demo(seconds=args.seconds, out_dir=args.out, small=args.small, export=not args.no_export)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from fasttrain._info import format_info
@@ -29,7 +39,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from fasttrain.bench.grad_norm import compare_clip_grad_norm
 
     if args.seconds <= 0:
-        raise SystemExit("fasttrain demo: --seconds must be positive")
+        raise SystemExit("fasttrain bench: --seconds must be positive")
     print(format_info())
     shapes = gpt_param_shapes() if not args.small else gpt_param_shapes(n_layer=2, d_model=128, vocab=4000, block=128)
     bw = memory_bandwidth(nbytes=(256 << 20) if not args.small else (16 << 20), rounds=5)
@@ -72,10 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print what this installation runs")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("demo", help="run the fused ops against torch and print the ratio")
+    p = sub.add_parser("demo", help="train a byte-level GPT on the stdlib source, then export it to int8 ONNX")
+    p.add_argument("--seconds", type=float, default=120.0, help="training time budget in seconds (default: 120)")
+    p.add_argument("--out", default="fasttrain-demo", help="output folder (default: ./fasttrain-demo)")
+    p.add_argument("--small", action="store_true", help="tiny model and corpus (quick check)")
+    p.add_argument("--no-export", action="store_true", help="skip the ONNX export")
+    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("bench", help="time the fused ops against torch and print the ratios")
     p.add_argument("--seconds", type=float, default=8.0, help="total timing budget in seconds (default: 8)")
     p.add_argument("--small", action="store_true", help="use a small model (quick check)")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("train", help="train from a TOML run configuration")
     p.add_argument("--config", required=True, help="path to the run's TOML file")
     p.add_argument("--resume", default=None, help="'last' or a checkpoint path")

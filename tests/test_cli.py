@@ -12,8 +12,8 @@ def test_info_json(capsys):
     assert d["isa"] in d["isa_available"]
 
 
-def test_demo_small_prints_ratios(capsys):
-    assert main(["demo", "--small", "--seconds", "0.2"]) == 0
+def test_bench_small_prints_ratios(capsys):
+    assert main(["bench", "--small", "--seconds", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "isa" in out
     rows = [line for line in out.splitlines() if line.startswith(("float32", "bfloat16"))]
@@ -23,9 +23,10 @@ def test_demo_small_prints_ratios(capsys):
         assert speedup > 0
 
 
-def test_demo_rejects_bad_seconds():
+@pytest.mark.parametrize("cmd", ["demo", "bench"])
+def test_rejects_bad_seconds(cmd):
     with pytest.raises(SystemExit, match="--seconds must be positive"):
-        main(["demo", "--seconds", "0"])
+        main([cmd, "--seconds", "0"])
 
 
 def test_unknown_command_fails_with_usage():

@@ -6,6 +6,7 @@ from fasttrain.train.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
     ThroughputMonitor,
+    Timer,
 )
 from fasttrain.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fasttrain.train.data import TensorBatches
@@ -15,6 +16,6 @@ from fasttrain.train.trainer import Trainer
 
 __all__ = [
     "Trainer", "Precision", "PRESETS", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateMonitor",
-    "ThroughputMonitor", "CSVLogger", "TensorBoardLogger", "Logger", "CheckpointError", "save_checkpoint",
+    "ThroughputMonitor", "Timer", "CSVLogger", "TensorBoardLogger", "Logger", "CheckpointError", "save_checkpoint",
     "load_checkpoint", "TensorBatches",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "ModelCheckpoint",
     "LearningRateMonitor",
     "ThroughputMonitor",
+    "Timer",
 ]
 
 
@@ -168,3 +169,21 @@ class ThroughputMonitor(Callback):
                 metrics[f"time_{name}"] = seconds / dt
         self._t0, self._samples0 = now, trainer.samples_seen
         trainer.timers.reset()
+
+
+class Timer(Callback):
+    """Stops fit() once `seconds` of wall time have passed since it started (checked every step,
+    host clock only)."""
+
+    def __init__(self, seconds: float):
+        if seconds <= 0:
+            raise ValueError(f"Timer: seconds must be positive, got {seconds}")
+        self.seconds = seconds
+        self._start = 0.0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        if time.perf_counter() - self._start >= self.seconds:
+            trainer.should_stop = True

@@ -1,0 +1,67 @@
+"""Trainer overhead: digits MLP (64->256->256->10), batch 32, same data and optimizer, interleaved.
+
+- raw: a hand-written loop (DataLoader + torch AdamW(fused=True) + zero_grad), the idiomatic baseline.
+- trainer: fasttrain.Trainer on the same DataLoader and optimizer, with progress bar, CSV logging
+  and a checkpoint per epoch. Target: <= 1.03x the raw loop's time per step.
+- trainer_tensors: the Trainer fed tensors (its own resumable batching instead of per-sample
+  DataLoader collation).
+
+    pytest benchmarks/bench_trainer.py -s
+"""
+
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fasttrain
+from fasttrain.bench import interleaved
+from fasttrain.examples.digits import digits_mlp, load_digits_tensors
+
+CE = nn.functional.cross_entropy
+
+
+def raw_epoch(model, opt, loader):
+    for x, y in loader:
+        loss = CE(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def test_trainer_overhead(benchmark, smoke, tmp_path):
+    (x, y), _ = load_digits_tensors()
+    if smoke:
+        x, y = x[:256], y[:256]
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    steps_per_epoch = len(loader)
+    torch.manual_seed(0)
+    m_raw, m_tr, m_tt = digits_mlp(), digits_mlp(), digits_mlp()
+    o_raw = torch.optim.AdamW(m_raw.parameters(), lr=1e-3, fused=True)
+
+    def make_trainer(model, ckpt):
+        return fasttrain.Trainer(model, optimizer=lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True), loss_fn=CE,
+                                 max_epochs=10**9, log_every=50, loggers="csv", checkpoint_dir=ckpt, progress=True,
+                                 verbose=False)
+
+    tr, tt = make_trainer(m_tr, tmp_path / "a"), make_trainer(m_tt, tmp_path / "b")
+
+    def run_trainer(t, data):
+        t.max_epochs = t.epoch + 1  # one more epoch per call
+        t.fit(data)
+
+    t = interleaved(
+        {"raw": lambda: raw_epoch(m_raw, o_raw, loader), "trainer": lambda: run_trainer(tr, loader),
+         "trainer_tensors": lambda: run_trainer(tt, (x, y))},
+        rounds=1 if smoke else 15,
+        warmup=0 if smoke else 1,
+    )
+    per_step = {k: v.median / steps_per_epoch for k, v in t.items()}
+    result = {f"{k}_ms_per_step": v * 1e3 for k, v in per_step.items()}
+    result["trainer_vs_raw"] = per_step["trainer"] / per_step["raw"]
+    result["trainer_tensors_vs_raw"] = per_step["trainer_tensors"] / per_step["raw"]
+    benchmark.extra_info.update(result)
+    print("\n" + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
+    benchmark.pedantic(lambda: raw_epoch(m_raw, o_raw, loader), rounds=1, iterations=1)
