@@ -83,6 +83,16 @@ def _chunk_crcs(rows: np.ndarray, names: list[str]) -> list[int]:
     return [zlib.crc32(np.ascontiguousarray(rows[n]).view(np.uint8)) for n in names]
 
 
+def _concat(parts: list[np.ndarray], rdt: np.dtype) -> np.ndarray:
+    # Not np.concatenate: dtype promotion would drop the record padding and change the layout.
+    out = np.zeros(sum(len(p) for p in parts), dtype=rdt)
+    o = 0
+    for p in parts:
+        out[o : o + len(p)] = p
+        o += len(p)
+    return out
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -136,13 +146,13 @@ def _write(path, chunks: Iterable[Mapping], kind: str, chunk_records: int | None
                 pending.append(rows)
                 buffered = sum(len(r) for r in pending)
                 if buffered >= per_chunk:
-                    allrows = np.concatenate(pending)
+                    allrows = _concat(pending, rdt)
                     full = len(allrows) // per_chunk * per_chunk
                     for s in range(0, full, per_chunk):
                         flush(allrows[s : s + per_chunk])
                     pending = [allrows[full:]]
                 count += n
-            rest = np.concatenate(pending) if pending else np.zeros(0, rdt)
+            rest = _concat(pending, rdt)
             if len(rest):
                 flush(rest)
             table_off = data_off + count * schema["record_bytes"]
