@@ -97,7 +97,7 @@ def make_plan(
     p.salt = salt
     if kind == "copy":
         p.kind, p.out_row_bytes = 0, row.nbytes
-        return p, tuple(src.shape[1:]), torch.from_numpy(row[:0] if row.ndim else row.reshape(1)[:0]).dtype
+        return p, tuple(src.shape[1:]), torch.from_numpy(np.empty(0, src.dtype)).dtype
     if kind == "widen":
         if src.dtype not in INT_CODES:
             raise TypeError(f"{op}: field {field!r} has dtype {src.dtype}; Widen takes integer fields (u8/i8/i16/u16/i32/u32/i64)")
