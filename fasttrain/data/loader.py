@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -60,6 +61,33 @@ class _Error:
         self.exc = exc
 
 
+def _produce_loop(ref: weakref.ref, q: queue.Queue, stop: threading.Event, epoch: int, start: int, end: int) -> None:
+    """The prefetch thread. It holds its iterator only weakly between batches, so a loader the user
+    abandons mid-epoch is collected (and this thread ends) instead of waiting on a full queue forever."""
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                if ref() is None:
+                    return False
+        return False
+
+    try:
+        for b in range(start, end):
+            it = ref()
+            if it is None or stop.is_set():
+                return
+            item = it.loader._produce(epoch, b)
+            del it
+            if not put(item):
+                return
+    except BaseException as e:  # re-raised on the consumer thread
+        put(_Error(e))
+
+
 class _Iter:
     """One pass over the rest of an epoch; the producer thread stays at most `prefetch` batches ahead."""
 
@@ -67,25 +95,9 @@ class _Iter:
         self.loader, self.epoch, self.next_b, self.end = loader, epoch, start, len(loader)
         self.q: queue.Queue = queue.Queue(maxsize=loader.prefetch)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="fasttrain-loader", daemon=True)
+        args = (weakref.ref(self), self.q, self.stop, epoch, start, self.end)
+        self.thread = threading.Thread(target=_produce_loop, args=args, name="fasttrain-loader", daemon=True)
         self.thread.start()
-
-    def _put(self, item) -> None:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-
-    def _run(self) -> None:
-        try:
-            for b in range(self.next_b, self.end):
-                if self.stop.is_set():
-                    return
-                self._put(self.loader._produce(self.epoch, b))
-        except BaseException as e:  # re-raised on the consumer thread
-            self._put(_Error(e))
 
     def __iter__(self):
         return self
@@ -132,7 +144,7 @@ class _BaseLoader:
         self.pin_memory = cuda if pin_memory is None else bool(pin_memory)
         self._epoch, self._batch = 0, 0
         self._pool: list[_Buffers] = []
-        self._iter: _Iter | None = None
+        self._running: tuple[threading.Event, threading.Thread] | None = None  # the current prefetch thread
 
     # -- order ------------------------------------------------------------------------------
     def _rank_samples(self) -> int:
@@ -193,15 +205,16 @@ class _BaseLoader:
         self.close()
         if self._batch >= len(self) > 0:
             self._epoch, self._batch = self._epoch + 1, 0
-        self._iter = _Iter(self, self._epoch, self._batch)
-        return self._iter
+        it = _Iter(self, self._epoch, self._batch)
+        self._running = (it.stop, it.thread)  # not the iterator itself: dropping it stops the thread
+        return it
 
     def close(self) -> None:
         """Stops the prefetch thread of the current iteration (iter() does this too)."""
-        it, self._iter = self._iter, None
-        if it is not None:
-            it.close()
-            it.thread.join()
+        running, self._running = self._running, None
+        if running is not None:
+            running[0].set()
+            running[1].join()
 
     def _threads(self) -> int:
         return self.num_threads or _default_threads()
