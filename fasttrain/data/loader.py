@@ -20,6 +20,7 @@ stays valid as long as you hold it; holding many batches just makes the loader a
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
@@ -36,6 +37,20 @@ from fasttrain.ops import data as _ops
 from fasttrain.ops.reference import _hash3
 
 __all__ = ["Loader", "TokenLoader"]
+
+# Prefetch threads still running, so interpreter exit can stop them between batches: a daemon thread
+# killed inside the C++ pass (OpenMP region, GIL released) would abort the process.
+_RUNNING: "weakref.WeakKeyDictionary[threading.Thread, threading.Event]" = weakref.WeakKeyDictionary()
+
+
+@atexit.register
+def _stop_all() -> None:
+    running = list(_RUNNING.items())
+    for _, stop in running:
+        stop.set()
+    for thread, _ in running:
+        thread.join()
+
 
 _STATE_KEYS = ("num_samples", "seed", "shuffle", "drop_last", "batch_size", "rank", "world_size")
 
@@ -97,6 +112,7 @@ class _Iter:
         self.stop = threading.Event()
         args = (weakref.ref(self), self.q, self.stop, epoch, start, self.end)
         self.thread = threading.Thread(target=_produce_loop, args=args, name="fasttrain-loader", daemon=True)
+        _RUNNING[self.thread] = self.stop
         self.thread.start()
 
     def __iter__(self):

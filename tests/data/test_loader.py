@@ -254,3 +254,17 @@ def test_token_loader_errors():
         TokenLoader(tokens(10), 10, 4)
     with pytest.raises(ValueError, match="batch_size"):
         TokenLoader(tokens(), 8, 0)
+
+
+def test_abandoned_iterator_stops_its_thread():
+    import gc
+
+    loader = Loader(dataset(1000), 10, seed=0, prefetch=1)
+    it = iter(loader)
+    next(it)
+    thread = it.thread
+    del it
+    gc.collect()
+    thread.join(timeout=60)  # a bound, not a timing assertion: the thread polls its stop flag every 50 ms
+    assert not thread.is_alive()
+    assert loader.state_dict()["batch"] == 1 and len(list(loader)) == 99  # continues where it stopped
