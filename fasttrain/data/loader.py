@@ -7,10 +7,11 @@ Rank r of W takes global positions r, r + W, r + 2W, ...: shards are disjoint an
 epoch. Resuming is therefore O(1): `state_dict()` is (epoch, next batch) plus the settings it must
 match, and the next batch is computed directly, no fast-forwarding.
 
-Pipeline. A background thread computes each batch's indices and calls the fused C++ pass (OpenMP
-threads, GIL released) that gathers the rows and applies the fused per-field transforms in one pass,
-then any numba `batch_transform`s; up to `prefetch` batches wait ready while the model computes.
-Plain Python callables run on the consumer thread.
+Pipeline. `num_threads` worker threads each take the next batch number, compute its indices and
+run the fused C++ pass on it (GIL released) that gathers the rows and applies the fused per-field
+transforms in one pass, then any numba `batch_transform`s; batches are yielded in order, and up to
+max(prefetch, num_threads) wait ready or in progress while the model computes. Plain Python callables
+run on the consumer thread.
 
 Buffer contract. Batches are views of a small pool of preallocated buffers, and a buffer is refilled
 only when nothing outside the loader references its memory any more (checked through the storage's
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import queue
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -66,6 +66,7 @@ class _Buffers:
         self.tensors = tensors
         self.idle = [_use_count(t) for t in tensors]
         self.event = None  # CUDA event of the last host-to-device copy out of these (pinned) buffers
+        self.busy = False  # taken by a worker that has not yet made its views
 
     def free(self) -> bool:
         return all(_use_count(t) == c for t, c in zip(self.tensors, self.idle))
@@ -76,44 +77,61 @@ class _Error:
         self.exc = exc
 
 
-def _produce_loop(ref: weakref.ref, q: queue.Queue, stop: threading.Event, epoch: int, start: int, end: int) -> None:
-    """The prefetch thread. It holds its iterator only weakly between batches, so a loader the user
-    abandons mid-epoch is collected (and this thread ends) instead of waiting on a full queue forever."""
+class _Shared:
+    """State the worker threads share with one iteration (never a strong reference to the iterator)."""
 
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
+    def __init__(self, epoch: int, start: int, end: int, ahead: int):
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.ready: dict[int, object] = {}
+        self.epoch, self.claim, self.consumed, self.end, self.ahead = epoch, start, start, end, ahead
+
+
+def _worker(ref: weakref.ref, sh: _Shared) -> None:
+    """One prefetch worker: claims the next batch number, fills it (C++, GIL released), files it.
+
+    Workers fill whole batches in parallel, one native thread each, instead of splitting one batch
+    over an OpenMP team: on a shared, oversubscribed box a team's barrier waits for its slowest,
+    descheduled thread, while independent workers just finish later. The iterator is held weakly,
+    so abandoning it mid-epoch ends the workers instead of leaving them waiting forever."""
+    while True:
+        with sh.cond:
+            while not sh.stop.is_set() and sh.claim < sh.end and sh.claim >= sh.consumed + sh.ahead:
+                sh.cond.wait(0.05)
                 if ref() is None:
-                    return False
-        return False
-
-    try:
-        for b in range(start, end):
-            it = ref()
-            if it is None or stop.is_set():
+                    return
+            if sh.stop.is_set() or sh.claim >= sh.end:
                 return
-            item = it.loader._produce(epoch, b)
-            del it
-            if not put(item):
-                return
-    except BaseException as e:  # re-raised on the consumer thread
-        put(_Error(e))
+            b = sh.claim
+            sh.claim += 1
+        it = ref()
+        if it is None:
+            return
+        try:
+            item = it.loader._produce(sh.epoch, b)
+        except BaseException as e:  # re-raised on the consumer thread
+            item = _Error(e)
+        del it
+        with sh.cond:
+            sh.ready[b] = item
+            sh.cond.notify_all()
 
 
 class _Iter:
-    """One pass over the rest of an epoch; the producer thread stays at most `prefetch` batches ahead."""
+    """One pass over the rest of an epoch. Workers stay at most max(prefetch, workers) batches ahead."""
 
     def __init__(self, loader: _BaseLoader, epoch: int, start: int):
         self.loader, self.epoch, self.next_b, self.end = loader, epoch, start, len(loader)
-        self.q: queue.Queue = queue.Queue(maxsize=loader.prefetch)
-        self.stop = threading.Event()
-        args = (weakref.ref(self), self.q, self.stop, epoch, start, self.end)
-        self.thread = threading.Thread(target=_produce_loop, args=args, name="fasttrain-loader", daemon=True)
-        _RUNNING[self.thread] = self.stop
-        self.thread.start()
+        workers = loader._threads()
+        self.sh = _Shared(epoch, start, self.end, max(loader.prefetch, workers))
+        self.stop = self.sh.stop
+        self.threads = [
+            threading.Thread(target=_worker, args=(weakref.ref(self), self.sh), name=f"fasttrain-loader-{i}", daemon=True)
+            for i in range(min(workers, max(self.end - start, 0)))
+        ]
+        for t in self.threads:
+            _RUNNING[t] = self.stop
+            t.start()
 
     def __iter__(self):
         return self
@@ -121,7 +139,13 @@ class _Iter:
     def __next__(self):
         if self.next_b >= self.end or self.stop.is_set():
             raise StopIteration
-        item = self.q.get()
+        sh = self.sh
+        with sh.cond:
+            while self.next_b not in sh.ready:
+                sh.cond.wait()
+            item = sh.ready.pop(self.next_b)
+            sh.consumed = self.next_b + 1
+            sh.cond.notify_all()
         if isinstance(item, _Error):
             self.close()
             raise item.exc
@@ -131,6 +155,8 @@ class _Iter:
 
     def close(self) -> None:
         self.stop.set()
+        with self.sh.cond:
+            self.sh.cond.notify_all()
 
     def __del__(self):
         self.stop.set()
@@ -160,7 +186,8 @@ class _BaseLoader:
         self.pin_memory = cuda if pin_memory is None else bool(pin_memory)
         self._epoch, self._batch = 0, 0
         self._pool: list[_Buffers] = []
-        self._running: tuple[threading.Event, threading.Thread] | None = None  # the current prefetch thread
+        self._running: tuple[_Shared, list[threading.Thread]] | None = None  # the current iteration's workers
+        self._pool_lock = threading.Lock()
 
     # -- order ------------------------------------------------------------------------------
     def _rank_samples(self) -> int:
@@ -222,30 +249,46 @@ class _BaseLoader:
         if self._batch >= len(self) > 0:
             self._epoch, self._batch = self._epoch + 1, 0
         it = _Iter(self, self._epoch, self._batch)
-        self._running = (it.stop, it.thread)  # not the iterator itself: dropping it stops the thread
+        self._running = (it.sh, it.threads)  # not the iterator itself: dropping it stops the workers
         return it
 
     def close(self) -> None:
         """Stops the prefetch thread of the current iteration (iter() does this too)."""
         running, self._running = self._running, None
         if running is not None:
-            running[0].set()
-            running[1].join()
+            sh, threads = running
+            sh.stop.set()
+            with sh.cond:
+                sh.cond.notify_all()
+            for t in threads:
+                t.join()
 
     def _threads(self) -> int:
         return self.num_threads or _default_threads()
 
     def _acquire(self, make: Callable[[], list[torch.Tensor]]) -> _Buffers:
-        for b in self._pool:
-            if b.free():
-                if b.event is not None:
-                    b.event.synchronize()  # the last async copy out of this pinned buffer must be done
-                    b.event = None
-                return b
+        """A free buffer set, marked busy until _release (after the batch views exist)."""
+        with self._pool_lock:
+            for b in self._pool:
+                if not b.busy and b.free():
+                    b.busy = True
+                    break
+            else:
+                b = None
+        if b is not None:
+            if b.event is not None:
+                b.event.synchronize()  # the last async copy out of this pinned buffer must be done
+                b.event = None
+            return b
         b = _Buffers(make())
-        if len(self._pool) < self.prefetch + 3:
-            self._pool.append(b)
+        b.busy = True
+        with self._pool_lock:
+            if len(self._pool) < self.prefetch + self._threads() + 2:
+                self._pool.append(b)
         return b
+
+    def _release(self, b: _Buffers) -> None:
+        b.busy = False  # the views handed out now hold the storages: free() stays False while they live
 
     def _empty(self, shape, dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, pin_memory=self.pin_memory)
@@ -269,8 +312,8 @@ class Loader(_BaseLoader):
     transforms: {field name or tuple position: op or list of ops}: fused ops first (Normalize,
         RandomCrop, RandomHorizontalFlip, Widen), then @batch_transform functions, then Python
         callables. For a Dataset: one callable on each collated batch (consumer thread).
-    num_threads: native threads per batch (default fasttrain's thread count). prefetch: batches
-        prepared ahead. pin_memory: default True when device is CUDA. device: where batches go.
+    num_threads: worker threads, each filling whole batches natively (default fasttrain._ext.num_threads()).
+    prefetch: batches prepared ahead. pin_memory: default True when device is CUDA. device: where batches go.
     rank, world_size: default from torch.distributed when initialised, else 0 and 1.
     Same seed -> the same batches for any num_threads; each epoch has a new order.
     """
@@ -371,8 +414,11 @@ class Loader(_BaseLoader):
             return None, torch.utils.data.default_collate(samples)
         B = self.batch_size
         bufs = self._acquire(lambda: [self._empty((B, *shape), dtype) for shape, dtype in self._shapes])
-        _ops.fill_batch("fasttrain.data.Loader", self._plans, bufs.tensors, idx, self.num_samples, self.seed, epoch, self._threads())
-        views = [t[: len(idx)] for t in bufs.tensors]
+        try:
+            _ops.fill_batch("fasttrain.data.Loader", self._plans, bufs.tensors, idx, self.num_samples, self.seed, epoch, 1)
+            views = [t[: len(idx)] for t in bufs.tensors]
+        finally:
+            self._release(bufs)
         for v, post in zip(views, self._post):
             for fn in post:
                 fn(v.numpy())  # nogil numba: runs here, in the loader thread
@@ -427,8 +473,12 @@ class TokenLoader(_BaseLoader):
         starts = self.indices(epoch, b) * self.block_size + self.phase(epoch)
         B, T = self.batch_size, self.block_size
         bufs = self._acquire(lambda: [self._empty((B, T), torch.int64), self._empty((B, T), torch.int64)])
-        _ops.gather_windows(self.tokens, starts, T, bufs.tensors[0], bufs.tensors[1], self._threads())
-        return bufs, [t[: len(starts)] for t in bufs.tensors]
+        try:
+            _ops.gather_windows(self.tokens, starts, T, bufs.tensors[0], bufs.tensors[1], 1)
+            views = [t[: len(starts)] for t in bufs.tensors]
+        finally:
+            self._release(bufs)
+        return bufs, views
 
     def _finish(self, item):
         bufs, views = item

@@ -262,9 +262,10 @@ def test_abandoned_iterator_stops_its_thread():
     loader = Loader(dataset(1000), 10, seed=0, prefetch=1)
     it = iter(loader)
     next(it)
-    thread = it.thread
+    threads = it.threads
     del it
     gc.collect()
-    thread.join(timeout=60)  # a bound, not a timing assertion: the thread polls its stop flag every 50 ms
-    assert not thread.is_alive()
+    for t in threads:
+        t.join(timeout=60)  # a bound, not a timing assertion: workers poll their iterator every 50 ms
+    assert not any(t.is_alive() for t in threads)
     assert loader.state_dict()["batch"] == 1 and len(list(loader)) == 99  # continues where it stopped
