@@ -122,7 +122,7 @@ class _Iter:
 
     def __init__(self, loader: _BaseLoader, epoch: int, start: int):
         self.loader, self.epoch, self.next_b, self.end = loader, epoch, start, len(loader)
-        workers = loader._threads()
+        workers = loader._workers()
         self.sh = _Shared(epoch, start, self.end, max(loader.prefetch, workers))
         self.stop = self.sh.stop
         self.threads = [
@@ -266,6 +266,9 @@ class _BaseLoader:
     def _threads(self) -> int:
         return self.num_threads or _default_threads()
 
+    def _workers(self) -> int:
+        return self._threads()
+
     def _acquire(self, make: Callable[[], list[torch.Tensor]]) -> _Buffers:
         """A free buffer set, marked busy until _release (after the batch views exist)."""
         with self._pool_lock:
@@ -308,7 +311,7 @@ class Loader(_BaseLoader):
 
     source: a record file path (fasttrain.data.write_records), a dict {name: (N, ...) array/tensor}
         (yields dicts), a tuple/list of arrays (yields tuples), or a torch Dataset (fallback: its
-        batched __getitems__, else per-item indexing, then default_collate, on the loader thread).
+        batched __getitems__, else per-item indexing, then default_collate, on one loader thread).
     transforms: {field name or tuple position: op or list of ops}: fused ops first (Normalize,
         RandomCrop, RandomHorizontalFlip, Widen), then @batch_transform functions, then Python
         callables. For a Dataset: one callable on each collated batch (consumer thread).
@@ -423,6 +426,10 @@ class Loader(_BaseLoader):
             for fn in post:
                 fn(v.numpy())  # nogil numba: runs here, in the loader thread
         return bufs, views
+
+    def _workers(self) -> int:
+        # A torch Dataset is not necessarily thread-safe: one worker reads it, in order.
+        return 1 if self._dataset is not None else self._threads()
 
     def _finish(self, item):
         bufs, views = item
