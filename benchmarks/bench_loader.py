@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from fasttrain.bench import interleaved
+from fasttrain.bench import interleaved, memory_bandwidth
 from fasttrain.data import Loader, Normalize, TokenLoader, Widen, write_tokens
 from fasttrain.ops import gather_normalize
 from fasttrain.ops.reference import gather_normalize_reference
@@ -107,6 +107,9 @@ def test_loader_images(benchmark, smoke, images):
     result = {f"{name}_samples_per_s": v for name, v in sps.items()}
     result.update({f"speedup_vs_{name}": sps["fasttrain"] / v for name, v in sps.items() if name != "fasttrain"})
     result["time_to_first_batch_s"] = ttfb
+    # Bytes moved per sample: read 3072 image bytes + an 8-byte label, write 3072 fp32 + an int64 label.
+    result["fasttrain_gbps"] = sps["fasttrain"] * (3072 + 8 + 3072 * 4 + 8) / 1e9
+    result.update(memory_bandwidth(nbytes=(8 << 20) if smoke else (256 << 20), rounds=1 if smoke else 5))
 
     # Overlap: a model step slower than loading (sleep: the CPU is idle, as while a GPU computes).
     step = 3 * k * BATCH / sps["fasttrain"] / k
@@ -122,6 +125,7 @@ def test_loader_images(benchmark, smoke, images):
     benchmark.extra_info.update(result)
     print("\nimages, batch 256, shuffled, fp32 normalize: samples/s " + ", ".join(f"{n}: {v:,.0f}" for n, v in sps.items()))
     print("fasttrain speedup: " + ", ".join(f"vs {n} {sps['fasttrain'] / v:.2f}x" for n, v in sps.items() if n != "fasttrain"))
+    print(f"fasttrain moves {result['fasttrain_gbps']:.1f} GB/s (box: copy {result['copy_gbps']:.1f} GB/s, same run)")
     print(f"time to first batch {ttfb * 1e3:.1f} ms; with a {step * 1e3:.2f} ms model step the loop waits "
           f"{result['overlap_wait_per_batch_s'] * 1e6:.0f} us per batch")
     benchmark.pedantic(fns["fasttrain"], rounds=1 if smoke else 3, iterations=1)
@@ -152,7 +156,8 @@ def test_token_loader(benchmark, smoke, tmp_path_factory):
     fns = {"fasttrain": taker(stream, k), "nanogpt": lambda: [nanogpt_get_batch() for _ in range(k)]}
     t = interleaved(fns, rounds=rounds, warmup=1)
     sps = {name: k * batch / t[name].median for name in fns}
-    result = {"fasttrain_samples_per_s": sps["fasttrain"], "nanogpt_samples_per_s": sps["nanogpt"], "speedup": sps["fasttrain"] / sps["nanogpt"]}
+    result = {"fasttrain_samples_per_s": sps["fasttrain"], "nanogpt_samples_per_s": sps["nanogpt"], "speedup": sps["fasttrain"] / sps["nanogpt"],
+              "fasttrain_gbps": sps["fasttrain"] * block * (2 * 2 + 2 * 8) / 1e9}  # read x and y as uint16, write int64
     benchmark.extra_info.update(result)
     print(f"\ntokens, block {block}, batch {batch}: fasttrain {sps['fasttrain']:,.0f} samples/s, nanoGPT get_batch "
           f"{sps['nanogpt']:,.0f} samples/s, speedup {result['speedup']:.2f}x")

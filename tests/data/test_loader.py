@@ -134,6 +134,10 @@ def test_record_file_tuple_and_dataset_sources(tmp_path):
     from_ds = [b[0] for b in Loader(ds, 32, seed=2)]
     for other in (from_file, from_tuple, from_ds):
         assert all(torch.equal(a, b) for a, b in zip(from_dict, other))
+    # Fused transforms read the interleaved records of a file (row stride = record size) too.
+    a = [b["image"] for b in Loader(data, 32, seed=2, transforms=image_tf())]
+    b = [b["image"] for b in Loader(path, 32, seed=2, transforms=image_tf())]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
 
     class Batched(torch.utils.data.Dataset):
         def __len__(self):
