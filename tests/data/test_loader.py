@@ -273,3 +273,20 @@ def test_abandoned_iterator_stops_its_thread():
         t.join(timeout=60)  # a bound, not a timing assertion: workers poll their iterator every 50 ms
     assert not any(t.is_alive() for t in threads)
     assert loader.state_dict()["batch"] == 1 and len(list(loader)) == 99  # continues where it stopped
+
+
+def test_worker_error_reaches_the_consumer():
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            if i == 5:
+                raise KeyError(f"sample {i} is missing")
+            return torch.tensor(i)
+
+    loader = Loader(Broken(), 4, shuffle=False)
+    it = iter(loader)
+    assert next(it).tolist() == [0, 1, 2, 3]
+    with pytest.raises(KeyError, match="sample 5 is missing"):
+        next(it)
