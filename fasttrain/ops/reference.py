@@ -10,7 +10,13 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["total_norm_reference", "clip_grad_norm_reference"]
+__all__ = [
+    "total_norm_reference",
+    "clip_grad_norm_reference",
+    "sample_indices_reference",
+    "augment_params_reference",
+    "gather_normalize_reference",
+]
 
 
 @torch.no_grad()
@@ -54,3 +60,108 @@ def clip_grad_norm_reference(
     for t in tensors:
         t.copy_(t.to(dtype) * coef)
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# data (issue 4): the loader's sample order, augmentation draws and fused gather + normalize.
+# Plain Python integers mirror csrc/data/data.h bit for bit (splitmix64 finalizer, 6-round Feistel).
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    z = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _hash3(a: int, b: int, c: int) -> int:
+    return _mix64(_mix64(_mix64(a & _M64) ^ (b & _M64)) ^ (c & _M64))
+
+
+def sample_indices_reference(
+    n: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world_size: int = 1, start: int = 0, count: int | None = None
+) -> list[int]:
+    """Sample indices of rank-local positions [start, start + count) of epoch `epoch`.
+
+    Position j of rank r is global position j * world_size + r of a keyed bijection of [0, n)
+    (Feistel network over the next even power of two, cycle-walking back into range).
+    """
+    if count is None:
+        count = (n - rank + world_size - 1) // world_size - start
+    bits = 2
+    while bits < 64 and (1 << bits) < n:
+        bits += 1
+    bits += bits & 1
+    half, mask = bits // 2, (1 << (bits // 2)) - 1
+    key = _hash3(seed, epoch, 0x5EED)
+
+    def enc(x: int) -> int:
+        left, right = x >> half, x & mask
+        for rnd in range(6):
+            left, right = right, left ^ (_hash3(key, rnd, right) & mask)
+        return (left << half) | right
+
+    out = []
+    for j in range(start, start + count):
+        p = j * world_size + rank
+        if shuffle:
+            p = enc(p)
+            while p >= n:
+                p = enc(p)
+        out.append(p)
+    return out
+
+
+def augment_params_reference(
+    seed: int, epoch: int, index: int, salt: int, *, H: int, W: int, crop: tuple[int, int] | None, padding: int, flip: bool
+) -> tuple[int, int, bool]:
+    """(crop top, crop left, flipped) of sample `index`: drawn from hash3(hash3(seed, epoch, 0xA06), index, salt).
+    Offsets are in padded coordinates (0 <= top <= H + 2 * padding - crop_h)."""
+    r = _hash3(_hash3(seed, epoch, 0xA06), index, salt)
+    oy = ox = 0
+    if crop is not None:
+        oy = (r & 0x1FFFFF) % (H + 2 * padding - crop[0] + 1)
+        ox = ((r >> 21) & 0x1FFFFF) % (W + 2 * padding - crop[1] + 1)
+    return oy, ox, bool(flip and (r >> 63) & 1)
+
+
+@torch.no_grad()
+def gather_normalize_reference(
+    src: torch.Tensor,
+    indices: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    crop: tuple[int, int] | None = None,
+    padding: int = 0,
+    flip: bool = False,
+    channels_first: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    salt: int = 0,
+) -> torch.Tensor:
+    """src: (N, H, W, C) uint8; indices: (B,) int64; mean, std: (C,) fp32.
+
+    Returns (B, h, w, C) (or (B, C, h, w) if channels_first) in `dtype`: rows `indices` of src,
+    zero-padded by `padding`, cropped to `crop` = (h, w) at the per-sample offsets of
+    augment_params_reference, mirrored left-right where drawn, then `(x.float() - mean) / std`.
+    """
+    N, H, W, C = src.shape
+    out = []
+    for i in indices.tolist():
+        x = src[i]
+        if crop is not None or flip:
+            oy, ox, fl = augment_params_reference(seed, epoch, i, salt, H=H, W=W, crop=crop, padding=padding, flip=flip)
+            if crop is not None:
+                x = torch.nn.functional.pad(x.permute(2, 0, 1), (padding, padding, padding, padding)).permute(1, 2, 0)
+                x = x[oy : oy + crop[0], ox : ox + crop[1]]
+            if fl:
+                x = x.flip(1)
+        y = ((x.float() - mean) / std).to(dtype)
+        out.append(y.permute(2, 0, 1) if channels_first else y)
+    if not out:
+        h, w = crop if crop is not None else (H, W)
+        return torch.empty((0, C, h, w) if channels_first else (0, h, w, C), dtype=dtype)
+    return torch.stack(out).contiguous()

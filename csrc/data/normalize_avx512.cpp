@@ -1,0 +1,35 @@
+// AVX-512 uint8 -> normalized float kernel: 16 lanes, masked tail (only called after the CPU check).
+#include <immintrin.h>
+
+#include "data.h"
+
+namespace ft::data::avx512 {
+namespace {
+
+// fp32 -> bf16 bits, round-to-nearest-even (inputs are finite: std > 0 is checked in Python).
+// Integer arithmetic instead of VCVTNEPS2BF16 so the file needs only AVX-512 F/BW.
+inline __m256i to_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  return _mm512_cvtepi32_epi16(r);
+}
+
+void u8_normalize(const uint8_t* src, int64_t n, const float* mean, const float* std, void* out, DType dt) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1u);
+    const __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, src + i)));
+    // Masked-off lanes divide 0 by 1, so no spurious FP exceptions or NaNs reach the stores.
+    const __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), m, std + i);
+    const __m512 v = _mm512_div_ps(_mm512_sub_ps(x, _mm512_maskz_loadu_ps(m, mean + i)), s);
+    if (dt == DType::f32) _mm512_mask_storeu_ps(static_cast<float*>(out) + i, m, v);
+    else if (dt == DType::bf16) _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + i, m, to_bf16(v));
+    else _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + i, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+}
+
+const DataKernels kTable{"avx512", u8_normalize};
+
+}  // namespace
+const DataKernels& table() { return kTable; }
+}  // namespace ft::data::avx512
