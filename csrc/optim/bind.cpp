@@ -1,8 +1,76 @@
-// Bindings of the optim kernels into fasttrain._C.optim.
+// Bindings of the optim kernels into fasttrain._C.optim. Thin on purpose: addresses, element
+// counts and scalars that fasttrain/ops/optim.py has validated; the checks here only guard the
+// private module against null pointers and bad hyperparameter packs.
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <stdexcept>
+
 #include "../bindings.h"
+#include "optim.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+T* ptr(uintptr_t a, int64_t n, const char* what) {
+  if (n > 0 && a == 0) throw std::invalid_argument(std::string("null data pointer for ") + what);
+  return reinterpret_cast<T*>(a);
+}
+
+}  // namespace
 
 namespace ft {
 
-void bind_optim(pybind11::module_ m) { (void)m; }
+void bind_optim(py::module_ m) {
+  m.def(
+      "adamw_f32_",
+      [](uintptr_t p, uintptr_t g, uintptr_t exp_avg, uintptr_t exp_avg_sq, uintptr_t max_exp_avg_sq, int64_t n,
+         double lr, double beta1, double beta2, double eps, double weight_decay, double step, bool maximize,
+         bool amsgrad, int threads) {
+        if (n < 0) throw std::invalid_argument("negative numel");
+        if (!(step >= 1)) throw std::invalid_argument("step must be >= 1");
+        if (amsgrad && n > 0 && max_exp_avg_sq == 0) throw std::invalid_argument("amsgrad needs max_exp_avg_sq");
+        // Host scalars in fp64, then fp32, as torch.optim.AdamW(foreach=False) computes them.
+        optim::AdamWArgs a{};
+        a.decay = float(1.0 - lr * weight_decay);
+        a.one_minus_b1 = float(1.0 - beta1);
+        a.beta2 = float(beta2);
+        a.one_minus_b2 = float(1.0 - beta2);
+        const double bc1 = 1.0 - std::pow(beta1, step), bc2 = 1.0 - std::pow(beta2, step);
+        a.bc2_sqrt = float(std::sqrt(bc2));
+        a.eps = float(eps);
+        a.neg_step_size = float(-(lr / bc1));
+        a.maximize = maximize;
+        a.amsgrad = amsgrad;
+        float* pp = ptr<float>(p, n, "param");
+        const float* gp = ptr<const float>(g, n, "grad");
+        float* mp = ptr<float>(exp_avg, n, "exp_avg");
+        float* vp = ptr<float>(exp_avg_sq, n, "exp_avg_sq");
+        float* xp = amsgrad ? ptr<float>(max_exp_avg_sq, n, "max_exp_avg_sq") : nullptr;
+        py::gil_scoped_release nogil;
+        optim::adamw_f32(pp, gp, mp, vp, xp, n, a, threads);
+      },
+      py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq"),
+      py::arg("numel"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+      py::arg("step"), py::arg("maximize"), py::arg("amsgrad"), py::arg("threads"),
+      "One fused AdamW step over flat fp32 buffers (torch.optim.AdamW semantics), in place.");
+
+  m.def(
+      "touch4r3w_",
+      [](uintptr_t p, uintptr_t g, uintptr_t m_, uintptr_t v, int64_t n, float c, int threads) {
+        if (n < 0) throw std::invalid_argument("negative numel");
+        float* pp = ptr<float>(p, n, "p");
+        const float* gp = ptr<const float>(g, n, "g");
+        float* mp = ptr<float>(m_, n, "m");
+        float* vp = ptr<float>(v, n, "v");
+        py::gil_scoped_release nogil;
+        optim::touch4r3w(pp, gp, mp, vp, n, c, threads);
+      },
+      py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("numel"), py::arg("c"), py::arg("threads"),
+      "Benchmark roofline: p, m, v += c * g (reads 4 arrays, writes 3), the bytes of one AdamW pass.");
+  m.def("isa", [] { return std::string(optim::kernels().name); }, "ISA of the optimizer kernels in use.");
+}
 
 }  // namespace ft

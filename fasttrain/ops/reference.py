@@ -54,3 +54,47 @@ def clip_grad_norm_reference(
     for t in tensors:
         t.copy_(t.to(dtype) * coef)
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused optimizers (fasttrain.ops.optim, fasttrain.optim)
+
+__all__ += ["adamw_reference"]
+
+
+@torch.no_grad()
+def adamw_reference(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None = None,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    step: float,
+    maximize: bool = False,
+    amsgrad: bool = False,
+) -> None:
+    """One AdamW step in place, written as torch.optim.AdamW(foreach=False) writes it.
+
+    param, exp_avg, exp_avg_sq (, max_exp_avg_sq): any shape, one float dtype, updated in place;
+    grad: same shape. step: the step count after this update (1 on the first call).
+    Run on fp64 copies for a ground truth.
+    """
+    if maximize:
+        grad = -grad
+    param.mul_(1 - lr * weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    step_size = lr / (1 - beta1**step)
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    if amsgrad:
+        torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        denom = (max_exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    else:
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-step_size)

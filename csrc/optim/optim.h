@@ -1,0 +1,48 @@
+// Fused optimizer kernels: one pass over flat, contiguous buffers (param, grad, states) per step.
+// Torch-free: raw pointers, element counts and scalar hyperparameters that fasttrain/ops/optim.py
+// has already validated. Each ISA file (optim_{scalar,avx2,avx512}.cpp) implements the span
+// kernels once; optim.cpp splits the buffers into chunks and threads them with OpenMP.
+#pragma once
+#include <cstdint>
+
+namespace ft::optim {
+
+// AdamW hyperparameters for one step, precomputed on the host in fp64 and rounded to fp32 the way
+// torch.optim.AdamW(foreach=False) rounds its Python scalars, so the per-element arithmetic below
+// can follow torch's order of operations exactly.
+struct AdamWArgs {
+  float decay;        // 1 - lr * weight_decay   (param.mul_(decay))
+  float one_minus_b1; // 1 - beta1                (exp_avg.lerp_(grad, 1 - beta1))
+  float beta2;        //                          (exp_avg_sq.mul_(beta2)...)
+  float one_minus_b2; // 1 - beta2                (...addcmul_(grad, grad, value=1 - beta2))
+  float bc2_sqrt;     // sqrt(1 - beta2^step)
+  float eps;
+  float neg_step_size;  // -lr / (1 - beta1^step)
+  bool maximize;
+  bool amsgrad;
+};
+
+// Span kernels of one ISA. All pointers cover the same n elements; max_v may be null unless amsgrad.
+struct OptimKernels {
+  const char* name;
+  void (*adamw_f32)(float* p, const float* g, float* m, float* v, float* max_v, int64_t n, const AdamWArgs& a);
+  // Memory roofline for the AdamW pass: reads p, g, m, v and writes p, m, v (in place) with no math,
+  // so a benchmark can time "the same bytes" next to the real kernel.
+  void (*touch4r3w)(float* p, const float* g, float* m, float* v, int64_t n, float c);
+};
+
+namespace scalar { const OptimKernels& table(); }
+#if FT_X86
+namespace avx2 { const OptimKernels& table(); }
+namespace avx512 { const OptimKernels& table(); }
+#endif
+
+// The table for ft::current_isa().
+const OptimKernels& kernels();
+
+// Multi-threaded drivers over one flat buffer each (chunks of kChunk elements, static schedule).
+void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64_t n, const AdamWArgs& a,
+               int threads);
+void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c, int threads);
+
+}  // namespace ft::optim

@@ -1,0 +1,28 @@
+// Portable optimizer kernels: the reference path for every ISA and the one non-x86 builds use.
+#include "optim.h"
+#include "optim_elem.h"
+
+namespace ft::optim::scalar {
+namespace {
+
+void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64_t n, const AdamWArgs& a) {
+  for (int64_t i = 0; i < n; ++i) adamw_elem(p[i], g[i], m[i], v[i], max_v ? max_v + i : nullptr, a);
+}
+
+void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float t = c * g[i];
+    p[i] += t;
+    m[i] += t;
+    v[i] += t;
+  }
+}
+
+}  // namespace
+
+const OptimKernels& table() {
+  static const OptimKernels t{"scalar", adamw_f32, touch4r3w};
+  return t;
+}
+
+}  // namespace ft::optim::scalar

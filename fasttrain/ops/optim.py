@@ -1,0 +1,177 @@
+"""Fused optimizer update ops over flat buffers.
+
+`adamw_step_` applies one torch.optim.AdamW (decoupled weight decay) step to a flat fp32 param
+buffer and its grad / exp_avg / exp_avg_sq (/ max_exp_avg_sq) buffers in one pass: 28 bytes moved
+per parameter (32 with amsgrad), the minimum for fp32 AdamW. The per-element arithmetic follows
+torch's single-tensor implementation, operation by operation, so results match
+`torch.optim.AdamW(foreach=False)` to a few ulp.
+
+CPU tensors run the C++ kernels (fasttrain._C.optim: ISA-dispatched, OpenMP). The CUDA (Triton)
+path is not implemented yet: CUDA tensors get a NotImplementedError naming the CPU alternative.
+fasttrain.optim.AdamW is the user-facing optimizer; these ops are its building blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fasttrain._ext import _C, num_threads
+from fasttrain.ops import reference
+from fasttrain.ops._registry import OpSpec, register
+
+__all__ = ["adamw_step_"]
+
+_OP = "fasttrain.ops.adamw_step_"
+
+
+def _check_buffers(op: str, named: dict[str, torch.Tensor | None]) -> None:
+    """Same numel, fp32, dense, contiguous, one device, no two buffers sharing memory."""
+    ref_name, ref = "param", named["param"]
+    present = {k: t for k, t in named.items() if t is not None}
+    for name, t in present.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            raise TypeError(f"{op}: `{name}` has layout {t.layout}; sparse gradients are not supported (use dense ones)")
+        if t.is_complex():
+            raise TypeError(f"{op}: `{name}` is complex ({t.dtype}); only real fp32 tensors are supported "
+                            "(view complex params as real with torch.view_as_real)")
+        if t.dtype != torch.float32:
+            raise TypeError(f"{op}: `{name}` has dtype {t.dtype}; this op takes float32 buffers")
+        if not t.is_contiguous():
+            raise ValueError(f"{op}: `{name}` is not contiguous (stride {t.stride()}); pass .contiguous() buffers")
+        if t.numel() != ref.numel():
+            raise ValueError(f"{op}: `{name}` has {t.numel()} elements but `{ref_name}` has {ref.numel()}; "
+                             "all buffers must be the same size")
+        if t.device != ref.device:
+            raise ValueError(f"{op}: `{name}` is on {t.device} but `{ref_name}` is on {ref.device}; "
+                             "move all buffers to one device")
+    if ref.device.type == "meta":
+        return
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * 4, k) for k, t in present.items() if t.numel())
+    for (_s0, e0, k0), (s1, _e1, k1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ValueError(f"{op}: `{k0}` and `{k1}` share memory; each buffer must be a separate tensor")
+
+
+def _check_hparams(op: str, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: float) -> None:
+    if not lr >= 0.0:
+        raise ValueError(f"{op}: Invalid learning rate: {lr}")
+    if not 0.0 <= beta1 < 1.0:
+        raise ValueError(f"{op}: Invalid beta parameter at index 0: {beta1}")
+    if not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"{op}: Invalid beta parameter at index 1: {beta2}")
+    if not eps >= 0.0:
+        raise ValueError(f"{op}: Invalid epsilon value: {eps}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"{op}: Invalid weight_decay value: {weight_decay}")
+    if not step >= 1.0:
+        raise ValueError(f"{op}: step must be >= 1 (the count after this update), got {step}")
+
+
+@torch.library.custom_op(
+    "fasttrain::adamw_", mutates_args=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), device_types="cpu"
+)
+def _adamw_op(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: float,
+    maximize: bool,
+    amsgrad: bool,
+) -> None:
+    _C.optim.adamw_f32_(
+        param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
+        max_exp_avg_sq.data_ptr() if amsgrad else 0, param.numel(),
+        lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, num_threads(),
+    )
+
+
+@_adamw_op.register_fake
+def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad):
+    return None
+
+
+@_adamw_op.register_kernel("cuda")
+def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad):
+    raise NotImplementedError(
+        f"{_OP}: the CUDA (Triton) AdamW kernel is not implemented yet; keep the optimizer on CPU tensors "
+        "or use torch.optim.AdamW(fused=True) for CUDA parameters"
+    )
+
+
+@torch.no_grad()
+def adamw_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None = None,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    step: float,
+    maximize: bool = False,
+    amsgrad: bool = False,
+) -> None:
+    """One AdamW step, in place, as torch.optim.AdamW(foreach=False) computes it.
+
+    param, exp_avg, exp_avg_sq (, max_exp_avg_sq): (N,) or any shape, fp32, contiguous, updated in place.
+    grad: same numel, fp32, contiguous (read only). All on one CPU device, no two sharing memory.
+    step: the step count *after* this update (1 on the first call); bias corrections use it.
+    max_exp_avg_sq is required (and updated) iff amsgrad.
+    """
+    lr, beta1, beta2, eps, weight_decay, step = (float(x) for x in (lr, beta1, beta2, eps, weight_decay, step))
+    _check_hparams(_OP, lr, beta1, beta2, eps, weight_decay, step)
+    if amsgrad and max_exp_avg_sq is None:
+        raise ValueError(f"{_OP}: amsgrad=True needs `max_exp_avg_sq` (a zero-initialised fp32 buffer like exp_avg_sq)")
+    named = {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+             "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None}
+    _check_buffers(_OP, named)
+    _adamw_op(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None,
+              lr, beta1, beta2, eps, weight_decay, step, bool(maximize), bool(amsgrad))
+
+
+@torch.no_grad()
+def touch_4r3w_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c: float = 0.0) -> None:
+    """Benchmark roofline (not an optimizer): p, m, v += c * g in one pass, i.e. the exact memory
+    traffic of an fp32 AdamW step (read 4 arrays, write 3) with no arithmetic to speak of.
+
+    p, g, m, v: same numel, fp32, contiguous, CPU.
+    """
+    op = "fasttrain.ops.optim.touch_4r3w_"
+    _check_buffers(op, {"param": p, "grad": g, "exp_avg": m, "exp_avg_sq": v})
+    if p.device.type != "cpu":
+        raise ValueError(f"{op}: CPU tensors only, got {p.device}")
+    _C.optim.touch4r3w_(p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), float(c), num_threads())
+
+
+def _adamw_samples():
+    g = torch.Generator().manual_seed(0)
+    for n, amsgrad, maximize in ((1, False, False), (7, True, False), (4099, False, True)):
+        bufs = [torch.randn(n, generator=g) for _ in range(2)] + [torch.randn(n, generator=g) * 0.1,
+                                                                  torch.rand(n, generator=g) * 0.01]
+        mx = torch.rand(n, generator=g) * 0.01 if amsgrad else None
+        yield (*bufs, mx, 1e-3, 0.9, 0.999, 1e-8, 0.01, 3.0, maximize, amsgrad), {}
+
+
+register(
+    OpSpec(
+        qualname="fasttrain::adamw_",
+        public=adamw_step_,
+        reference=reference.adamw_reference,
+        test="tests/ops/test_optim.py",
+        benchmark="benchmarks/bench_adamw.py",
+        samples=_adamw_samples,
+    )
+)

@@ -1,0 +1,102 @@
+"""fasttrain.optim.AdamW: torch.optim.AdamW's algorithm and API, one fused pass per param group.
+
+The update is `fasttrain.ops.adamw_step_` (C++: OpenMP + AVX-512/AVX2/scalar) over the group's flat
+buffers (see fasttrain/optim/_flat.py for the storage and what happens when `.grad` or a parameter
+is swapped). Results match `torch.optim.AdamW(foreach=False)` to a few ulp per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from fasttrain.ops.optim import adamw_step_
+from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer
+
+__all__ = ["AdamW"]
+
+
+def _scalar(x: Any) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class AdamW(_FlatOptimizer):
+    """AdamW (decoupled weight decay, Loshchilov & Hutter 2019), same arguments as torch.optim.AdamW.
+
+    params: iterable of fp32 CPU parameters that require grad, or param-group dicts.
+    lr may be a float or a 1-element tensor (read once per step). `foreach` and `fused` are accepted
+    for drop-in compatibility and ignored (this optimizer is always fused); `capturable` and
+    `differentiable` are not supported (ValueError).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ):
+        # Same checks and messages as torch.optim.AdamW.
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= _scalar(lr):
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if capturable or differentiable:
+            raise ValueError("fasttrain.optim.AdamW: capturable=True and differentiable=True are not supported; "
+                             "use torch.optim.AdamW for those modes")
+        del foreach, fused  # always fused; the keys are kept (as None) so state dicts load into torch.optim.AdamW
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                        foreach=None, capturable=False, differentiable=False, fused=None)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        lr, (b1, b2), eps, wd = _scalar(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not (0.0 <= _scalar(b1) < 1.0 and 0.0 <= _scalar(b2) < 1.0):
+            raise ValueError(f"Invalid beta parameters: {group['betas']}; both must be in [0, 1)")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= wd:
+            raise ValueError(f"Invalid weight_decay value: {wd}")
+
+    def _state_names(self, group: dict[str, Any]) -> list[str]:
+        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+
+    def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
+        b1, b2 = group["betas"]
+        kw = dict(lr=_scalar(group["lr"]), beta1=_scalar(b1), beta2=_scalar(b2), eps=group["eps"],
+                  weight_decay=group["weight_decay"], maximize=group["maximize"], amsgrad=group["amsgrad"])
+        if not 0.0 <= kw["lr"]:  # a scheduler or a user may have set it since construction
+            raise ValueError(f"Invalid learning rate: {kw['lr']}")
+        amsgrad = group["amsgrad"]
+        if amsgrad:
+            fg.state_buffer("max_exp_avg_sq")
+        if idx is None:
+            mx = fg.state_bufs["max_exp_avg_sq"] if amsgrad else None
+            adamw_step_(fg.param_buf, fg.grad_buf, fg.state_bufs["exp_avg"], fg.state_bufs["exp_avg_sq"], mx,
+                        step=steps[0], **kw)
+            return
+        sv = fg.state_views
+        for i, s in zip(idx, steps):
+            p = fg.params[i]
+            mx = sv["max_exp_avg_sq"][i] if amsgrad else None
+            adamw_step_(fg.param_views[i], p.grad, sv["exp_avg"][i], sv["exp_avg_sq"][i], mx, step=s, **kw)
