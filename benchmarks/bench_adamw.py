@@ -1,0 +1,68 @@
+"""fasttrain.optim.AdamW (fp32) vs torch.optim.AdamW(fused=True) and a touch kernel, same run.
+
+Workload: a 42.6M-parameter GPT's parameters (2 layers x 1024, vocab 16000: 28 tensors), fp32,
+random grads. An fp32 AdamW step is pure memory traffic: read param, grad, exp_avg, exp_avg_sq
+and write param, exp_avg, exp_avg_sq = 28 bytes per parameter. The roofline is the touch kernel
+(fasttrain.ops.optim.touch_4r3w_: reads the same 4 arrays and writes the same 3, in place, no math)
+timed in the same rounds. extra_info: speedup vs torch fused, fraction of the touch kernel's speed,
+GB/s of each. The guard below checks the op against fasttrain.ops.reference.adamw_reference so the
+benchmark never times a wrong answer (accuracy proper lives in tests/).
+
+    pytest benchmarks/bench_adamw.py -s -q        # full: prints ratios and GB/s
+    pytest benchmarks --benchmark-disable         # smoke (CI): tiny workload, one round
+"""
+
+import pytest
+import torch
+
+import fasttrain.optim
+from fasttrain.bench import gpt_param_shapes, interleaved, make_grads
+from fasttrain.ops import adamw_step_
+from fasttrain.ops.optim import touch_4r3w_
+from fasttrain.ops.reference import adamw_reference
+
+BYTES_PER_PARAM = 28  # fp32: 4 arrays read, 3 written
+
+
+def _guard():
+    g = torch.Generator().manual_seed(0)
+    bufs = [torch.randn(4099, generator=g) * s for s in (1.0, 1e-2, 1e-2)] + [torch.rand(4099, generator=g) * 1e-4]
+    ours, ref = [b.clone() for b in bufs], [b.clone() for b in bufs]
+    adamw_step_(*ours, lr=1e-3, step=3)
+    adamw_reference(*ref, lr=1e-3, step=3)
+    for o, r in zip(ours, ref):
+        torch.testing.assert_close(o, r, rtol=1e-6, atol=1e-12)
+
+
+def test_adamw_fp32(benchmark, smoke):
+    _guard()
+    shapes = gpt_param_shapes(n_layer=1, d_model=64, vocab=1000, block=64) if smoke else \
+        gpt_param_shapes(n_layer=2, d_model=1024, vocab=16000, block=1024)
+    rounds = 1 if smoke else 21
+    ours_p = make_grads(shapes, seed=0)
+    torch_p = make_grads(shapes, seed=0)
+    n = sum(p.numel() for p in ours_p)
+    ours = fasttrain.optim.AdamW(ours_p, lr=1e-4)
+    ref = torch.optim.AdamW(torch_p, lr=1e-4, fused=True)
+    ref.step()  # allocate torch's states outside the timed rounds (ours allocates at construction)
+    touch = [torch.zeros(n) for _ in range(4)]
+    t = interleaved(
+        {"fasttrain": ours.step, "torch_fused": ref.step, "touch": lambda: touch_4r3w_(*touch)},
+        rounds=rounds, warmup=0 if smoke else 2,
+    )
+    ft, th, tt = t["fasttrain"].median, t["torch_fused"].median, t["touch"].median
+    gb = BYTES_PER_PARAM * n / 1e9
+    result = {
+        "params": n, "tensors": len(shapes), "threads": fasttrain._ext.num_threads(), "isa": fasttrain._ext._C.isa(),
+        "fasttrain_ms": ft * 1e3, "torch_fused_ms": th * 1e3, "touch_ms": tt * 1e3,
+        "speedup_vs_torch_fused": th / ft, "fraction_of_touch": tt / ft,
+        "gbps": gb / ft, "torch_gbps": gb / th, "touch_gbps": gb / tt,
+    }
+    benchmark.extra_info.update(result)
+    print(
+        f"\nAdamW fp32 {n / 1e6:.1f}M params in {len(shapes)} tensors, {result['threads']} threads ({result['isa']}): "
+        f"fasttrain {ft * 1e3:.2f} ms ({result['gbps']:.1f} GB/s), torch fused {th * 1e3:.2f} ms "
+        f"({result['torch_gbps']:.1f} GB/s), touch {tt * 1e3:.2f} ms ({result['touch_gbps']:.1f} GB/s); "
+        f"speedup {th / ft:.3f}x, {100 * tt / ft:.1f}% of touch (medians of {len(t['touch'].seconds)} interleaved rounds)"
+    )
+    benchmark.pedantic(ours.step, rounds=rounds, iterations=1, warmup_rounds=0)
