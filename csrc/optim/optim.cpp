@@ -50,6 +50,11 @@ void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64
   });
 }
 
+void adamw_mixed(const MixedBufs& b, int64_t n, const AdamWArgs& a, int threads) {
+  const OptimKernels& k = kernels();
+  for_chunks(n, threads, [&](int64_t off, int64_t len) { k.adamw_mixed(b, off, len, a); });
+}
+
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c, int threads) {
   const OptimKernels& k = kernels();
   for_chunks(n, threads, [&](int64_t off, int64_t len) { k.touch4r3w(p + off, g + off, m + off, v + off, len, c); });

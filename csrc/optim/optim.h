@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../common.h"
+
 namespace ft::optim {
 
 // AdamW hyperparameters for one step, precomputed on the host in fp64 and rounded to fp32 the way
@@ -20,12 +22,31 @@ struct AdamWArgs {
   float neg_step_size;  // -lr / (1 - beta1^step)
   bool maximize;
   bool amsgrad;
+  bool stochastic;  // round the low-precision param stochastically (bf16 params without masters)
+  uint32_t seed;    // per step; the rounding noise of element i is hash(seed, i), whatever the threads
+};
+
+// Buffers of one mixed-precision AdamW pass. param and grad share `pdt` (f32 / f16 / bf16); exp_avg,
+// exp_avg_sq and max_exp_avg_sq share `sdt` (f32 / bf16). `master` (fp32) is null unless the
+// optimizer keeps master weights: then the update reads and writes the master and writes the
+// param rounded from it in the same pass.
+struct MixedBufs {
+  void* p;
+  const void* g;
+  void* m;
+  void* v;
+  void* max_v;
+  float* master;
+  DType pdt;
+  DType sdt;
 };
 
 // Span kernels of one ISA. All pointers cover the same n elements; max_v may be null unless amsgrad.
 struct OptimKernels {
   const char* name;
   void (*adamw_f32)(float* p, const float* g, float* m, float* v, float* max_v, int64_t n, const AdamWArgs& a);
+  // Elements [off, off + n) of the buffers in b (off also indexes the stochastic-rounding stream).
+  void (*adamw_mixed)(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a);
   // Memory roofline for the AdamW pass: reads p, g, m, v and writes p, m, v (in place) with no math,
   // so a benchmark can time "the same bytes" next to the real kernel.
   void (*touch4r3w)(float* p, const float* g, float* m, float* v, int64_t n, float c);
@@ -43,6 +64,7 @@ const OptimKernels& kernels();
 // Multi-threaded drivers over one flat buffer each (chunks of kChunk elements, static schedule).
 void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64_t n, const AdamWArgs& a,
                int threads);
+void adamw_mixed(const MixedBufs& b, int64_t n, const AdamWArgs& a, int threads);
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c, int threads);
 
 }  // namespace ft::optim

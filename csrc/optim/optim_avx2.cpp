@@ -41,6 +41,12 @@ void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64
   for (; i < n; ++i) adamw_elem(p[i], g[i], m[i], v[i], max_v ? max_v + i : nullptr, a);
 }
 
+// Mixed precision on AVX2 runs the element loop (compiled with AVX2 + F16C, so the compiler may
+// vectorise parts of it); the hand-written SIMD mixed path is AVX-512 only.
+void adamw_mixed(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
+  dispatch_mixed<ElemLoop>(b, off, n, a);
+}
+
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c) {
   const __m256 vc = _mm256_set1_ps(c);
   int64_t i = 0;
@@ -61,7 +67,7 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"avx2", adamw_f32, touch4r3w};
+  static const OptimKernels t{"avx2", adamw_f32, adamw_mixed, touch4r3w};
   return t;
 }
 

@@ -9,6 +9,10 @@ void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64
   for (int64_t i = 0; i < n; ++i) adamw_elem(p[i], g[i], m[i], v[i], max_v ? max_v + i : nullptr, a);
 }
 
+void adamw_mixed(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
+  dispatch_mixed<ElemLoop>(b, off, n, a);
+}
+
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c) {
   for (int64_t i = 0; i < n; ++i) {
     const float t = c * g[i];
@@ -21,7 +25,7 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"scalar", adamw_f32, touch4r3w};
+  static const OptimKernels t{"scalar", adamw_f32, adamw_mixed, touch4r3w};
   return t;
 }
 

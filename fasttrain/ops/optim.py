@@ -17,6 +17,7 @@ import torch
 
 from fasttrain._ext import _C, num_threads
 from fasttrain.ops import reference
+from fasttrain.ops._checks import DTYPE_CODES
 from fasttrain.ops._registry import OpSpec, register
 
 __all__ = ["adamw_step_"]
@@ -24,8 +25,16 @@ __all__ = ["adamw_step_"]
 _OP = "fasttrain.ops.adamw_step_"
 
 
-def _check_buffers(op: str, named: dict[str, torch.Tensor | None]) -> None:
-    """Same numel, fp32, dense, contiguous, one device, no two buffers sharing memory."""
+_LOW = (torch.float32, torch.bfloat16, torch.float16)
+_STATE = (torch.float32, torch.bfloat16)
+
+
+def _dtype_names(ds) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in ds)
+
+
+def _check_buffers(op: str, named: dict[str, torch.Tensor | None], dtypes: dict[str, tuple[torch.dtype, ...]]) -> None:
+    """Same numel, allowed dtypes, dense, contiguous, one device, no two buffers sharing memory."""
     ref_name, ref = "param", named["param"]
     present = {k: t for k, t in named.items() if t is not None}
     for name, t in present.items():
@@ -34,10 +43,10 @@ def _check_buffers(op: str, named: dict[str, torch.Tensor | None]) -> None:
         if t.layout != torch.strided:
             raise TypeError(f"{op}: `{name}` has layout {t.layout}; sparse gradients are not supported (use dense ones)")
         if t.is_complex():
-            raise TypeError(f"{op}: `{name}` is complex ({t.dtype}); only real fp32 tensors are supported "
+            raise TypeError(f"{op}: `{name}` is complex ({t.dtype}); only real tensors are supported "
                             "(view complex params as real with torch.view_as_real)")
-        if t.dtype != torch.float32:
-            raise TypeError(f"{op}: `{name}` has dtype {t.dtype}; this op takes float32 buffers")
+        if t.dtype not in dtypes[name]:
+            raise TypeError(f"{op}: `{name}` has dtype {t.dtype}; supported: {_dtype_names(dtypes[name])}")
         if not t.is_contiguous():
             raise ValueError(f"{op}: `{name}` is not contiguous (stride {t.stride()}); pass .contiguous() buffers")
         if t.numel() != ref.numel():
@@ -48,7 +57,7 @@ def _check_buffers(op: str, named: dict[str, torch.Tensor | None]) -> None:
                              "move all buffers to one device")
     if ref.device.type == "meta":
         return
-    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * 4, k) for k, t in present.items() if t.numel())
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), k) for k, t in present.items() if t.numel())
     for (_s0, e0, k0), (s1, _e1, k1) in zip(spans, spans[1:]):
         if s1 < e0:
             raise ValueError(f"{op}: `{k0}` and `{k1}` share memory; each buffer must be a separate tensor")
@@ -70,7 +79,9 @@ def _check_hparams(op: str, lr: float, beta1: float, beta2: float, eps: float, w
 
 
 @torch.library.custom_op(
-    "fasttrain::adamw_", mutates_args=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), device_types="cpu"
+    "fasttrain::adamw_",
+    mutates_args=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master"),
+    device_types="cpu",
 )
 def _adamw_op(
     param: torch.Tensor,
@@ -78,6 +89,7 @@ def _adamw_op(
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
     max_exp_avg_sq: torch.Tensor | None,
+    master: torch.Tensor | None,
     lr: float,
     beta1: float,
     beta2: float,
@@ -86,21 +98,34 @@ def _adamw_op(
     step: float,
     maximize: bool,
     amsgrad: bool,
+    stochastic_rounding: bool,
+    seed: int,
 ) -> None:
-    _C.optim.adamw_f32_(
-        param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
-        max_exp_avg_sq.data_ptr() if amsgrad else 0, param.numel(),
-        lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, num_threads(),
+    mx = max_exp_avg_sq.data_ptr() if amsgrad else 0
+    if param.dtype == exp_avg.dtype == torch.float32 and master is None:  # the fp32 fast path
+        _C.optim.adamw_f32_(
+            param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), mx, param.numel(),
+            lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, num_threads(),
+        )
+        return
+    _C.optim.adamw_mixed_(
+        param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), mx,
+        master.data_ptr() if master is not None else 0, param.numel(),
+        DTYPE_CODES[param.dtype], DTYPE_CODES[exp_avg.dtype],
+        lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, stochastic_rounding, seed & 0xFFFFFFFF,
+        num_threads(),
     )
 
 
 @_adamw_op.register_fake
-def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad):
+def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2, eps, weight_decay, step, maximize,
+      amsgrad, stochastic_rounding, seed):
     return None
 
 
 @_adamw_op.register_kernel("cuda")
-def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad):
+def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2, eps, weight_decay, step, maximize,
+      amsgrad, stochastic_rounding, seed):
     raise NotImplementedError(
         f"{_OP}: the CUDA (Triton) AdamW kernel is not implemented yet; keep the optimizer on CPU tensors "
         "or use torch.optim.AdamW(fused=True) for CUDA parameters"
@@ -123,23 +148,42 @@ def adamw_step_(
     step: float,
     maximize: bool = False,
     amsgrad: bool = False,
+    master: torch.Tensor | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
-    """One AdamW step, in place, as torch.optim.AdamW(foreach=False) computes it.
+    """One AdamW step, in place, as torch.optim.AdamW(foreach=False) computes it (in fp32).
 
-    param, exp_avg, exp_avg_sq (, max_exp_avg_sq): (N,) or any shape, fp32, contiguous, updated in place.
-    grad: same numel, fp32, contiguous (read only). All on one CPU device, no two sharing memory.
+    param: (N,) or any shape, fp32 / bf16 / fp16, contiguous, updated in place.
+    grad: same numel and dtype as param (read only).
+    exp_avg, exp_avg_sq (, max_exp_avg_sq): same numel, fp32 or bf16 (all one dtype), updated in place
+    (bf16 states are computed in fp32 and rounded to nearest even when stored).
+    master: optional fp32 master weights (same numel): the update reads and writes the master and
+    writes param = master rounded to param's dtype, in the same pass.
+    stochastic_rounding: bf16 param without master only; rounds the new param up with probability
+    equal to the dropped fraction (unbiased). `seed` picks the noise (same seed + step -> same bits).
     step: the step count *after* this update (1 on the first call); bias corrections use it.
-    max_exp_avg_sq is required (and updated) iff amsgrad.
+    max_exp_avg_sq is required (and updated) iff amsgrad. All buffers on one CPU device, disjoint.
     """
     lr, beta1, beta2, eps, weight_decay, step = (float(x) for x in (lr, beta1, beta2, eps, weight_decay, step))
     _check_hparams(_OP, lr, beta1, beta2, eps, weight_decay, step)
     if amsgrad and max_exp_avg_sq is None:
-        raise ValueError(f"{_OP}: amsgrad=True needs `max_exp_avg_sq` (a zero-initialised fp32 buffer like exp_avg_sq)")
+        raise ValueError(f"{_OP}: amsgrad=True needs `max_exp_avg_sq` (a zero-initialised buffer like exp_avg_sq)")
     named = {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
-             "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None}
-    _check_buffers(_OP, named)
-    _adamw_op(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None,
-              lr, beta1, beta2, eps, weight_decay, step, bool(maximize), bool(amsgrad))
+             "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None, "master": master}
+    _check_buffers(_OP, named, {"param": _LOW, "grad": _LOW, "exp_avg": _STATE, "exp_avg_sq": _STATE,
+                                "max_exp_avg_sq": _STATE, "master": (torch.float32,)})
+    if grad.dtype != param.dtype:
+        raise TypeError(f"{_OP}: `grad` is {grad.dtype} but `param` is {param.dtype}; they must match")
+    for k in ("exp_avg_sq", "max_exp_avg_sq"):
+        if named[k] is not None and named[k].dtype != exp_avg.dtype:
+            raise TypeError(f"{_OP}: `{k}` is {named[k].dtype} but `exp_avg` is {exp_avg.dtype}; states share one dtype")
+    if stochastic_rounding and (param.dtype != torch.bfloat16 or master is not None):
+        raise ValueError(f"{_OP}: stochastic_rounding applies to bf16 params without master weights; "
+                         f"got {param.dtype} param{' with master' if master is not None else ''}")
+    _adamw_op(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None, master,
+              lr, beta1, beta2, eps, weight_decay, step, bool(maximize), bool(amsgrad), bool(stochastic_rounding),
+              int(seed))
 
 
 @torch.no_grad()
@@ -150,7 +194,8 @@ def touch_4r3w_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tens
     p, g, m, v: same numel, fp32, contiguous, CPU.
     """
     op = "fasttrain.ops.optim.touch_4r3w_"
-    _check_buffers(op, {"param": p, "grad": g, "exp_avg": m, "exp_avg_sq": v})
+    f32 = (torch.float32,)
+    _check_buffers(op, {"param": p, "grad": g, "exp_avg": m, "exp_avg_sq": v}, dict.fromkeys(("param", "grad", "exp_avg", "exp_avg_sq"), f32))
     if p.device.type != "cpu":
         raise ValueError(f"{op}: CPU tensors only, got {p.device}")
     _C.optim.touch4r3w_(p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), float(c), num_threads())
@@ -158,11 +203,21 @@ def touch_4r3w_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tens
 
 def _adamw_samples():
     g = torch.Generator().manual_seed(0)
-    for n, amsgrad, maximize in ((1, False, False), (7, True, False), (4099, False, True)):
-        bufs = [torch.randn(n, generator=g) for _ in range(2)] + [torch.randn(n, generator=g) * 0.1,
-                                                                  torch.rand(n, generator=g) * 0.01]
-        mx = torch.rand(n, generator=g) * 0.01 if amsgrad else None
-        yield (*bufs, mx, 1e-3, 0.9, 0.999, 1e-8, 0.01, 3.0, maximize, amsgrad), {}
+    cases = [  # (n, amsgrad, maximize, param dtype, state dtype, master, stochastic rounding)
+        (1, False, False, torch.float32, torch.float32, False, False),
+        (7, True, False, torch.float32, torch.float32, False, False),
+        (4099, False, True, torch.float32, torch.float32, False, False),
+        (37, True, False, torch.bfloat16, torch.float32, True, False),
+        (37, False, False, torch.float16, torch.bfloat16, True, False),
+        (37, False, False, torch.bfloat16, torch.bfloat16, False, True),
+    ]
+    for n, amsgrad, maximize, pdt, sdt, use_master, sr in cases:
+        master = torch.randn(n, generator=g)
+        p, gr = master.to(pdt), (torch.randn(n, generator=g) * 0.1).to(pdt)
+        m, v = (torch.randn(n, generator=g) * 0.1).to(sdt), (torch.rand(n, generator=g) * 0.01).to(sdt)
+        mx = (torch.rand(n, generator=g) * 0.01).to(sdt) if amsgrad else None
+        yield (p, gr, m, v, mx, master if use_master else None, 1e-3, 0.9, 0.999, 1e-8, 0.01, 3.0, maximize, amsgrad,
+               sr, 1234), {}
 
 
 register(

@@ -78,13 +78,27 @@ def adamw_reference(
     step: float,
     maximize: bool = False,
     amsgrad: bool = False,
+    master: torch.Tensor | None = None,
 ) -> None:
     """One AdamW step in place, written as torch.optim.AdamW(foreach=False) writes it.
 
-    param, exp_avg, exp_avg_sq (, max_exp_avg_sq): any shape, one float dtype, updated in place;
-    grad: same shape. step: the step count after this update (1 on the first call).
-    Run on fp64 copies for a ground truth.
+    param, exp_avg, exp_avg_sq (, max_exp_avg_sq): any shape, updated in place; grad: same shape.
+    step: the step count after this update (1 on the first call). Run on fp64 copies for a ground truth.
+    Mixed precision (the fused op's contract): when the buffers do not all share one dtype, or an
+    fp32 `master` is given, the step runs on fp32 copies (the master instead of param if given) and
+    each result is rounded to its buffer's dtype once (round-to-nearest-even).
     """
+    bufs = [t for t in (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq) if t is not None]
+    if master is not None or len({t.dtype for t in bufs}) > 1:
+        work = [t.float() if t is not None else None for t in (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)]
+        if master is not None:
+            work[0] = master
+        adamw_reference(*work, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
+                        maximize=maximize, amsgrad=amsgrad)
+        for dst, src in zip((param, exp_avg, exp_avg_sq, max_exp_avg_sq), (work[0], *work[2:])):
+            if dst is not None:
+                dst.copy_(src)
+        return
     if maximize:
         grad = -grad
     param.mul_(1 - lr * weight_decay)
