@@ -41,6 +41,7 @@ class _FlatGroup:
 
     def __init__(self, params: list[torch.nn.Parameter]):
         self.params = params
+        self.dtype = params[0].dtype
         self.numels = [p.numel() for p in params]
         self.offsets: list[int] = []
         o = 0
@@ -49,8 +50,8 @@ class _FlatGroup:
             o += _align(n)
         self.total = o
         dev = params[0].device
-        self.param_buf = torch.zeros(self.total, dtype=torch.float32, device=dev)
-        self.grad_buf = torch.zeros(self.total, dtype=torch.float32, device=dev)
+        self.param_buf = torch.zeros(self.total, dtype=self.dtype, device=dev)
+        self.grad_buf = torch.zeros(self.total, dtype=self.dtype, device=dev)
         self.param_views = self.views(self.param_buf)
         self.grad_views = self.views(self.grad_buf)
         with torch.no_grad():
@@ -72,10 +73,15 @@ class _FlatGroup:
     def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
         return [buf[o : o + n].view_as(p) for p, o, n in zip(self.params, self.offsets, self.numels)]
 
-    def state_buffer(self, name: str) -> torch.Tensor:
-        if name not in self.state_bufs:
-            self.state_bufs[name] = torch.zeros_like(self.param_buf)
-            self.state_views[name] = self.views(self.state_bufs[name])
+    def state_buffer(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """The flat buffer of state `name` (zeros on first use); reallocated if its dtype changed."""
+        buf = self.state_bufs.get(name)
+        if buf is None or buf.dtype != dtype:
+            new = torch.zeros(self.total, dtype=dtype, device=self.param_buf.device)
+            if buf is not None:
+                new.copy_(buf)
+            self.state_bufs[name] = new
+            self.state_views[name] = self.views(new)
         return self.state_bufs[name]
 
     def refresh_uniform_step(self) -> None:
@@ -118,9 +124,8 @@ class _FlatOptimizer(torch.optim.Optimizer):
                                 "(store them as real views with torch.view_as_real)")
             if p.layout != torch.strided:
                 raise TypeError(f"{name}: parameter {i} has layout {p.layout}; only dense parameters are supported")
-            if p.dtype != torch.float32:
-                raise TypeError(f"{name}: parameter {i} has dtype {p.dtype}; fasttrain.optim currently supports "
-                                "float32 parameters only (low-precision params are not implemented yet)")
+            if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise TypeError(f"{name}: parameter {i} has dtype {p.dtype}; supported: float32, bfloat16, float16")
             if p.device.type != "cpu":
                 raise ValueError(f"{name}: parameter {i} is on {p.device}; only CPU parameters are supported so far "
                                  "(the CUDA/Triton path is not implemented: use torch.optim.AdamW(fused=True) there)")
@@ -129,6 +134,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
                                  "(e.g. [p for p in model.parameters() if p.requires_grad])")
             if p.grad is not None and p.grad.layout != torch.strided:
                 raise TypeError(f"{name}: parameter {i} has a sparse gradient; sparse gradients are not supported")
+        dtypes = {p.dtype for p in params if isinstance(p, torch.Tensor)} if not isinstance(params, set) else set()
+        if len(dtypes) > 1:
+            raise ValueError(f"{name}: one param group mixes dtypes {sorted(map(str, dtypes))}; put parameters of "
+                             "different dtypes in different groups (each group is one flat buffer)")
         param_group = dict(param_group, params=params)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -140,7 +149,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
     def _attach_state(self, group: dict[str, Any], fg: _FlatGroup) -> None:
         for name in self._state_names(group):
-            fg.state_buffer(name)
+            fg.state_buffer(name, self._state_dtype(group, fg, name))
+        if "master" in self._state_names(group):  # masters start as the params' values
+            fg.state_bufs["master"].copy_(fg.param_buf)
         for i, p in enumerate(fg.params):
             st: dict[str, Any] = {"step": fg.steps[i]}
             for name in self._state_names(group):
@@ -150,6 +161,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
     # -- hooks for subclasses ----------------------------------------------------------------
     def _state_names(self, group: dict[str, Any]) -> list[str]:
         raise NotImplementedError
+
+    def _state_dtype(self, group: dict[str, Any], fg: _FlatGroup, name: str) -> torch.dtype:
+        return torch.float32
 
     def _check_group(self, group: dict[str, Any]) -> None:
         pass
@@ -166,12 +180,14 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for i, p in enumerate(fg.params):
             if p.data_ptr() != fg.pptrs[i] or p.shape != fg.param_views[i].shape:
                 d = p.data
-                if d.shape != fg.param_views[i].shape or d.dtype != torch.float32 or d.device != fg.param_buf.device:
+                if d.shape != fg.param_views[i].shape or d.dtype != fg.dtype or d.device != fg.param_buf.device:
                     raise ValueError(f"{name}: parameter {i} was replaced by a tensor of shape {tuple(d.shape)}, {d.dtype} "
-                                     f"on {d.device}; the optimizer holds {tuple(fg.param_views[i].shape)} float32: "
-                                     "build a new optimizer after changing parameter shapes")
+                                     f"on {d.device}; the optimizer holds {tuple(fg.param_views[i].shape)} {fg.dtype}: "
+                                     "build a new optimizer after changing parameter shapes or dtypes")
                 fg.param_views[i].copy_(d)
                 p.data = fg.param_views[i]
+                if "master" in fg.state_bufs:  # a user-set value wins over the master
+                    fg.state_views["master"][i].copy_(d)
             gr = p.grad
             if gr is None:
                 missing.append(i)
@@ -228,25 +244,33 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim semantics; the loaded values are copied into the flat buffers (so the result
         is identical to the saved optimizer's), and a torch.optim state dict of the same algorithm
-        loads too (missing states start at zero, as in a fresh optimizer)."""
+        loads too (missing states start at zero, as in a fresh optimizer). Saved values are taken
+        before torch's load casts them to the parameter dtype, so fp32 masters of bf16 params survive."""
+        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        ours = [p for g in self.param_groups for p in g["params"]]
+        raw = {p: state_dict["state"].get(pid, {}) for pid, p in zip(saved_ids, ours)}
         super().load_state_dict(state_dict)
         with torch.no_grad():
             for group, fg in zip(self.param_groups, self._flat):
                 if fg is None:
                     continue
                 self._check_group(group)
-                loaded = [self.state.get(p, {}) for p in fg.params]
+                loaded = [raw.get(p, {}) for p in fg.params]
                 for i, st in enumerate(loaded):
                     s = st.get("step")
                     fg.steps[i] = float(s) if s is not None else 0.0
                 for name in self._state_names(group):
-                    fg.state_buffer(name)
+                    fg.state_buffer(name, self._state_dtype(group, fg, name))
                     for i, st in enumerate(loaded):
                         v = st.get(name)
                         view = fg.state_views[name][i]
-                        if v is None:
-                            view.zero_()
-                        else:
+                        if v is not None:
                             view.copy_(v.reshape(view.shape))
+                        elif name == "master":
+                            view.copy_(fg.param_views[i])
+                        else:
+                            view.zero_()
                 fg.refresh_uniform_step()
-                self._attach_state(group, fg)
+                names = self._state_names(group)
+                for i, p in enumerate(fg.params):
+                    self.state[p] = {"step": fg.steps[i], **{n: fg.state_views[n][i] for n in names}}

@@ -18,6 +18,16 @@ from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer
 __all__ = ["AdamW"]
 
 
+_STATE_DTYPES = {"fp32": torch.float32, "float32": torch.float32, torch.float32: torch.float32,
+                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, torch.bfloat16: torch.bfloat16}
+
+
+def _state_dtype_name(d: Any) -> str:
+    if d not in _STATE_DTYPES:
+        raise ValueError(f"Invalid state_dtype: {d!r}; use 'fp32' or 'bf16' (int8 states are not implemented yet)")
+    return "fp32" if _STATE_DTYPES[d] == torch.float32 else "bf16"
+
+
 def _scalar(x: Any) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
@@ -25,7 +35,13 @@ def _scalar(x: Any) -> float:
 class AdamW(_FlatOptimizer):
     """AdamW (decoupled weight decay, Loshchilov & Hutter 2019), same arguments as torch.optim.AdamW.
 
-    params: iterable of fp32 CPU parameters that require grad, or param-group dicts.
+    params: iterable of CPU parameters that require grad (fp32, bf16 or fp16; one dtype per group), or
+    param-group dicts.
+    master_weights: for bf16/fp16 params, keep fp32 master weights inside the optimizer (state
+    "master"); the step updates the master and writes the rounded param in the same pass.
+    state_dtype: "fp32" (default) or "bf16" for exp_avg / exp_avg_sq (computed in fp32, stored bf16).
+    stochastic_rounding: bf16 params without masters: round each updated param stochastically
+    (unbiased, so updates smaller than a bf16 ulp still move the weights on average).
     lr may be a float or a 1-element tensor (read once per step). `foreach` and `fused` are accepted
     for drop-in compatibility and ignored (this optimizer is always fused); `capturable` and
     `differentiable` are not supported (ValueError).
@@ -45,6 +61,9 @@ class AdamW(_FlatOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        master_weights: bool = False,
+        state_dtype: str | torch.dtype = "fp32",
+        stochastic_rounding: bool = False,
     ):
         # Same checks and messages as torch.optim.AdamW.
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
@@ -64,7 +83,9 @@ class AdamW(_FlatOptimizer):
                              "use torch.optim.AdamW for those modes")
         del foreach, fused  # always fused; the keys are kept (as None) so state dicts load into torch.optim.AdamW
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-                        foreach=None, capturable=False, differentiable=False, fused=None)
+                        foreach=None, capturable=False, differentiable=False, fused=None,
+                        master_weights=bool(master_weights), state_dtype=_state_dtype_name(state_dtype),
+                        stochastic_rounding=bool(stochastic_rounding))
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -77,9 +98,22 @@ class AdamW(_FlatOptimizer):
             raise ValueError(f"Invalid epsilon value: {eps}")
         if not 0.0 <= wd:
             raise ValueError(f"Invalid weight_decay value: {wd}")
+        group["state_dtype"] = _state_dtype_name(group.get("state_dtype", "fp32"))
+        group.setdefault("master_weights", False)
+        group.setdefault("stochastic_rounding", False)
+        dtype = group["params"][0].dtype if group["params"] else torch.float32
+        if group["stochastic_rounding"] and (dtype != torch.bfloat16 or group["master_weights"]):
+            raise ValueError(f"stochastic_rounding=True needs bfloat16 params without master weights (got {dtype} params"
+                             f"{', master_weights=True' if group['master_weights'] else ''}): with masters the rounding "
+                             "error does not accumulate, and fp16/fp32 params round to nearest")
+
+    def _state_dtype(self, group: dict[str, Any], fg: _FlatGroup, name: str) -> torch.dtype:
+        return torch.float32 if name == "master" else _STATE_DTYPES[group["state_dtype"]]
 
     def _state_names(self, group: dict[str, Any]) -> list[str]:
-        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        low = group["params"] and group["params"][0].dtype != torch.float32
+        return names + (["master"] if group.get("master_weights") and low else [])
 
     def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
         b1, b2 = group["betas"]
@@ -89,14 +123,21 @@ class AdamW(_FlatOptimizer):
             raise ValueError(f"Invalid learning rate: {kw['lr']}")
         amsgrad = group["amsgrad"]
         if amsgrad:
-            fg.state_buffer("max_exp_avg_sq")
+            fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))
+        sr = bool(group["stochastic_rounding"])
+        gi = next(i for i, f in enumerate(self._flat) if f is fg)
         if idx is None:
-            mx = fg.state_bufs["max_exp_avg_sq"] if amsgrad else None
-            adamw_step_(fg.param_buf, fg.grad_buf, fg.state_bufs["exp_avg"], fg.state_bufs["exp_avg_sq"], mx,
-                        step=steps[0], **kw)
+            b = fg.state_bufs
+            # A new noise stream per step and group (never reused: the same bits every step would bias).
+            seed = (int(steps[0]) * 0x9E3779B1 + gi * 0x85EBCA77) & 0xFFFFFFFF
+            adamw_step_(fg.param_buf, fg.grad_buf, b["exp_avg"], b["exp_avg_sq"], b.get("max_exp_avg_sq"), step=steps[0],
+                        master=b.get("master"), stochastic_rounding=sr, seed=seed, **kw)
             return
         sv = fg.state_views
         for i, s in zip(idx, steps):
             p = fg.params[i]
             mx = sv["max_exp_avg_sq"][i] if amsgrad else None
-            adamw_step_(fg.param_views[i], p.grad, sv["exp_avg"][i], sv["exp_avg_sq"][i], mx, step=s, **kw)
+            master = sv["master"][i] if "master" in sv else None
+            seed = (int(s) * 0x9E3779B1 + gi * 0x85EBCA77 + (fg.offsets[i] << 8)) & 0xFFFFFFFF
+            adamw_step_(fg.param_views[i], p.grad, sv["exp_avg"][i], sv["exp_avg_sq"][i], mx, step=s, master=master,
+                        stochastic_rounding=sr, seed=seed, **kw)

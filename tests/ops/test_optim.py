@@ -138,3 +138,100 @@ def test_adamw_step_bad_hyperparameters(kw, match):
 def test_adamw_step_amsgrad_needs_buffer():
     with pytest.raises(ValueError, match="max_exp_avg_sq"):
         adamw_step_(*bufs4(), lr=1e-3, step=1, amsgrad=True)
+
+
+# --- mixed precision ---------------------------------------------------------------------------
+
+LOW = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("n", [1, 7, 4099, 65537 * 2 + 5])
+@pytest.mark.parametrize("pdt", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("sdt", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("use_master", [False, True], ids=["no-master", "master"])
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
+def test_adamw_step_mixed_matches_reference(isa, n, pdt, sdt, use_master, amsgrad):
+    if pdt == sdt == torch.float32 and not use_master:
+        pytest.skip("the fp32 path is covered by test_adamw_step_matches_reference")
+    p, grad, m, v, mx = make_state(n, seed=7)
+    master = p.clone()
+    bufs = [p.to(pdt), grad.to(pdt), m.to(sdt), v.to(sdt), mx.to(sdt) if amsgrad else None]
+    ours = [t.clone() if t is not None else None for t in bufs]
+    ref = [t.clone() if t is not None else None for t in bufs]
+    om, rm = (master.clone(), master.clone()) if use_master else (None, None)
+    kw = dict(lr=1e-2, weight_decay=0.1, step=4, amsgrad=amsgrad)
+    adamw_step_(*ours, master=om, **kw)
+    adamw_reference(*ref, master=rm, **kw)  # plain torch: fp32 math, one rounding per buffer
+    r64 = [t.double() if t is not None else None for t in bufs]
+    m64 = master.double() if use_master else None
+    adamw_reference(*([m64] if use_master else r64[:1]), *r64[1:], **kw)
+    if use_master:
+        r64[0] = m64
+    # Rule: max error vs the fp64 step at most 2x plain torch's, floored at 1 ulp of the storage
+    # dtype (torch can be exact by luck on a small tensor).
+    for name, o, r, e in zip(("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ours, ref, r64):
+        if o is None or name == "grad":
+            continue
+        err = (o.double() - e).abs().max().item()
+        torch_err = (r.double() - e).abs().max().item()
+        floor = torch.finfo(o.dtype).eps * e.abs().max().item()
+        assert err <= max(2 * torch_err, floor), f"{name}: error {err:.3g} vs plain torch {torch_err:.3g}"
+    if use_master:
+        err = (om.double() - m64).abs().max().item()
+        assert err <= max(2 * (rm.double() - m64).abs().max().item(), EPS32 * m64.abs().max().item())
+        assert torch.equal(ours[0], om.to(pdt))  # the param is the master, rounded to nearest even
+
+
+def test_stochastic_rounding_is_unbiased(isa):
+    # 100k copies of one bf16 value; lr * weight_decay shrinks each by a factor that is not a bf16
+    # step, zero grads/states make the Adam term exactly 0, so every element rounds the same fp32
+    # value y: the mean of the rounded results must be y (3e-5 relative; the std of the mean of
+    # 100k roundings is ~0.5 * ulp / sqrt(1e5) ~ 1.2e-5 relative for a value near 1.5).
+    n = 100_000
+    p = torch.full((n,), 1.5, dtype=torch.bfloat16)
+    zeros = [torch.zeros(n, dtype=torch.bfloat16)] + [torch.zeros(n) for _ in range(2)]
+    adamw_step_(p, *zeros, lr=1e-3, weight_decay=1.0, step=1, stochastic_rounding=True, seed=42)
+    y = torch.tensor(1.5) * torch.tensor(1 - 1e-3)  # fp32, as the kernel computes p * (1 - lr * wd)
+    lo, hi = torch.tensor(1.5, dtype=torch.bfloat16).float() - 2**-7, torch.tensor(1.5)
+    vals = p.float()
+    assert set(vals.unique().tolist()) == {lo.item(), hi.item()}  # only the two neighbours of y
+    assert abs(vals.double().mean().item() - y.item()) <= 3e-5 * y.item()
+    # round-to-nearest would give hi every time: that is the bias SR removes
+    assert (vals == lo).float().mean().item() == pytest.approx((hi - y).item() / (hi - lo).item(), abs=0.01)
+
+
+def test_stochastic_rounding_is_deterministic_per_seed_and_thread_independent(monkeypatch):
+    n = 65537 * 3
+    outs = []
+    for seed, threads in ((1, "1"), (1, "2"), (2, "2")):
+        monkeypatch.setenv("FASTTRAIN_NUM_THREADS", threads)
+        p = torch.full((n,), 1.5, dtype=torch.bfloat16)
+        adamw_step_(p, torch.zeros(n, dtype=torch.bfloat16), torch.zeros(n), torch.zeros(n), lr=1e-3,
+                    weight_decay=1.0, step=1, stochastic_rounding=True, seed=seed)
+        outs.append(p)
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_stochastic_rounding_keeps_inf_and_nan():
+    p = torch.tensor([float("inf"), float("-inf"), float("nan"), 1.0], dtype=torch.bfloat16)
+    z = [torch.zeros(4, dtype=torch.bfloat16), torch.zeros(4), torch.zeros(4)]
+    adamw_step_(p, *z, lr=1e-3, weight_decay=0.0, step=1, stochastic_rounding=True)
+    assert p[0].item() == float("inf") and p[1].item() == float("-inf") and p[2].isnan() and p[3].item() == 1.0
+
+
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        (dict(stochastic_rounding=True), ValueError, "stochastic_rounding applies to bf16"),
+        (dict(master=torch.zeros(8, dtype=torch.bfloat16)), TypeError, "master.*bfloat16"),
+        (dict(grad_dtype=torch.bfloat16), TypeError, "grad.*must match"),
+        (dict(state_dtype=torch.float16), TypeError, "exp_avg.*float16"),
+    ],
+    ids=["sr-fp32", "master-dtype", "grad-dtype", "fp16-state"],
+)
+def test_adamw_step_mixed_bad_input(kw, exc, match):
+    p, m, v = torch.zeros(8), torch.zeros(8, dtype=kw.pop("state_dtype", torch.float32)), None
+    v = torch.zeros_like(m)
+    g = torch.zeros(8, dtype=kw.pop("grad_dtype", torch.float32))
+    with pytest.raises(exc, match=match):
+        adamw_step_(p, g, m, v, lr=1e-3, step=1, **kw)
