@@ -90,6 +90,40 @@ void bind_optim(py::module_ m) {
       "One fused AdamW step with fp32/fp16/bf16 params (+ optional fp32 masters) and fp32/bf16 states.");
 
   m.def(
+      "sgd_f32_",
+      [](uintptr_t p, uintptr_t g, uintptr_t buf, int64_t n, double lr, double momentum, double dampening,
+         double weight_decay, bool nesterov, bool maximize, bool first, int threads) {
+        if (n < 0) throw std::invalid_argument("negative numel");
+        if (momentum != 0.0 && n > 0 && buf == 0) throw std::invalid_argument("momentum needs a buffer");
+        optim::SgdArgs a{float(lr), float(momentum), float(1.0 - dampening), float(weight_decay), nesterov, maximize, first};
+        float* pp = ptr<float>(p, n, "param");
+        const float* gp = ptr<const float>(g, n, "grad");
+        float* bp = momentum != 0.0 ? ptr<float>(buf, n, "momentum_buffer") : nullptr;
+        py::gil_scoped_release nogil;
+        optim::sgd_f32(pp, gp, bp, n, a, threads);
+      },
+      py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"), py::arg("numel"), py::arg("lr"),
+      py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
+      py::arg("first"), py::arg("threads"), "One fused SGD step over flat fp32 buffers (torch.optim.SGD semantics).");
+
+  m.def(
+      "lion_f32_",
+      [](uintptr_t p, uintptr_t g, uintptr_t exp_avg, int64_t n, double lr, double beta1, double beta2,
+         double weight_decay, bool maximize, int threads) {
+        if (n < 0) throw std::invalid_argument("negative numel");
+        optim::LionArgs a{float(lr), float(1.0 - lr * weight_decay), float(beta1), float(1.0 - beta1), float(beta2),
+                          float(1.0 - beta2), maximize};
+        float* pp = ptr<float>(p, n, "param");
+        const float* gp = ptr<const float>(g, n, "grad");
+        float* mp = ptr<float>(exp_avg, n, "exp_avg");
+        py::gil_scoped_release nogil;
+        optim::lion_f32(pp, gp, mp, n, a, threads);
+      },
+      py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("numel"), py::arg("lr"), py::arg("beta1"),
+      py::arg("beta2"), py::arg("weight_decay"), py::arg("maximize"), py::arg("threads"),
+      "One fused Lion step over flat fp32 buffers.");
+
+  m.def(
       "touch4r3w_",
       [](uintptr_t p, uintptr_t g, uintptr_t m_, uintptr_t v, int64_t n, float c, int threads) {
         if (n < 0) throw std::invalid_argument("negative numel");

@@ -55,6 +55,16 @@ void adamw_mixed(const MixedBufs& b, int64_t n, const AdamWArgs& a, int threads)
   for_chunks(n, threads, [&](int64_t off, int64_t len) { k.adamw_mixed(b, off, len, a); });
 }
 
+void sgd_f32(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a, int threads) {
+  const OptimKernels& k = kernels();
+  for_chunks(n, threads, [&](int64_t off, int64_t len) { k.sgd_f32(p + off, g + off, buf ? buf + off : nullptr, len, a); });
+}
+
+void lion_f32(float* p, const float* g, float* m, int64_t n, const LionArgs& a, int threads) {
+  const OptimKernels& k = kernels();
+  for_chunks(n, threads, [&](int64_t off, int64_t len) { k.lion_f32(p + off, g + off, m + off, len, a); });
+}
+
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c, int threads) {
   const OptimKernels& k = kernels();
   for_chunks(n, threads, [&](int64_t off, int64_t len) { k.touch4r3w(p + off, g + off, m + off, v + off, len, c); });

@@ -26,6 +26,20 @@ struct AdamWArgs {
   uint32_t seed;    // per step; the rounding noise of element i is hash(seed, i), whatever the threads
 };
 
+// SGD (torch.optim.SGD, foreach=False order of operations). buf may be null iff momentum == 0.
+struct SgdArgs {
+  float lr, momentum, one_minus_dampening, weight_decay;
+  bool nesterov, maximize;
+  bool first;  // the momentum buffer is not initialised yet: buf = grad (torch clones it)
+};
+
+// Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"):
+//   p *= 1 - lr * wd;  p -= lr * sign(beta1 * m + (1 - beta1) * g);  m = beta2 * m + (1 - beta2) * g
+struct LionArgs {
+  float lr, decay, beta1, one_minus_b1, beta2, one_minus_b2;
+  bool maximize;
+};
+
 // Buffers of one mixed-precision AdamW pass. param and grad share `pdt` (f32 / f16 / bf16); exp_avg,
 // exp_avg_sq and max_exp_avg_sq share `sdt` (f32 / bf16). `master` (fp32) is null unless the
 // optimizer keeps master weights: then the update reads and writes the master and writes the
@@ -47,6 +61,8 @@ struct OptimKernels {
   void (*adamw_f32)(float* p, const float* g, float* m, float* v, float* max_v, int64_t n, const AdamWArgs& a);
   // Elements [off, off + n) of the buffers in b (off also indexes the stochastic-rounding stream).
   void (*adamw_mixed)(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a);
+  void (*sgd_f32)(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a);
+  void (*lion_f32)(float* p, const float* g, float* m, int64_t n, const LionArgs& a);
   // Memory roofline for the AdamW pass: reads p, g, m, v and writes p, m, v (in place) with no math,
   // so a benchmark can time "the same bytes" next to the real kernel.
   void (*touch4r3w)(float* p, const float* g, float* m, float* v, int64_t n, float c);
@@ -65,6 +81,8 @@ const OptimKernels& kernels();
 void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64_t n, const AdamWArgs& a,
                int threads);
 void adamw_mixed(const MixedBufs& b, int64_t n, const AdamWArgs& a, int threads);
+void sgd_f32(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a, int threads);
+void lion_f32(float* p, const float* g, float* m, int64_t n, const LionArgs& a, int threads);
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c, int threads);
 
 }  // namespace ft::optim

@@ -41,10 +41,19 @@ void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64
   for (; i < n; ++i) adamw_elem(p[i], g[i], m[i], v[i], max_v ? max_v + i : nullptr, a);
 }
 
+// SGD and Lion on AVX2 run the element loops above (compiled with AVX2 + FMA).
 // Mixed precision on AVX2 runs the element loop (compiled with AVX2 + F16C, so the compiler may
 // vectorise parts of it); the hand-written SIMD mixed path is AVX-512 only.
 void adamw_mixed(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
   dispatch_mixed<ElemLoop>(b, off, n, a);
+}
+
+void sgd_f32(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a) {
+  for (int64_t i = 0; i < n; ++i) sgd_elem(p[i], g[i], buf ? buf + i : nullptr, a);
+}
+
+void lion_f32(float* p, const float* g, float* m, int64_t n, const LionArgs& a) {
+  for (int64_t i = 0; i < n; ++i) lion_elem(p[i], g[i], m[i], a);
 }
 
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c) {
@@ -67,7 +76,7 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"avx2", adamw_f32, adamw_mixed, touch4r3w};
+  static const OptimKernels t{"avx2", adamw_f32, adamw_mixed, sgd_f32, lion_f32, touch4r3w};
   return t;
 }
 

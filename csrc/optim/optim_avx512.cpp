@@ -43,6 +43,43 @@ void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64
   }
 }
 
+void sgd_f32(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a) {
+  const __m512 wd = _mm512_set1_ps(a.weight_decay), mom = _mm512_set1_ps(a.momentum);
+  const __m512 omd = _mm512_set1_ps(a.one_minus_dampening), nlr = _mm512_set1_ps(-a.lr);
+  const __m512 sign = _mm512_set1_ps(a.maximize ? -0.0f : 0.0f);
+  const bool decay = a.weight_decay != 0.0f;
+  for (int64_t i = 0; i < n; i += W) {
+    const __mmask16 k = mask_for(n - i);
+    __m512 vp = _mm512_maskz_loadu_ps(k, p + i);
+    __m512 vg = _mm512_xor_ps(_mm512_maskz_loadu_ps(k, g + i), sign);
+    if (decay) vg = _mm512_fmadd_ps(vp, wd, vg);
+    if (buf) {
+      __m512 b = a.first ? vg : _mm512_fmadd_ps(vg, omd, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, buf + i), mom));
+      _mm512_mask_storeu_ps(buf + i, k, b);
+      vg = a.nesterov ? _mm512_fmadd_ps(b, mom, vg) : b;
+    }
+    _mm512_mask_storeu_ps(p + i, k, _mm512_fmadd_ps(vg, nlr, vp));
+  }
+}
+
+void lion_f32(float* p, const float* g, float* m, int64_t n, const LionArgs& a) {
+  const __m512 decay = _mm512_set1_ps(a.decay), b1 = _mm512_set1_ps(a.beta1), omb1 = _mm512_set1_ps(a.one_minus_b1);
+  const __m512 b2 = _mm512_set1_ps(a.beta2), omb2 = _mm512_set1_ps(a.one_minus_b2), nlr = _mm512_set1_ps(-a.lr);
+  const __m512 sign = _mm512_set1_ps(a.maximize ? -0.0f : 0.0f), one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += W) {
+    const __mmask16 k = mask_for(n - i);
+    __m512 vp = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + i), decay);
+    const __m512 vg = _mm512_xor_ps(_mm512_maskz_loadu_ps(k, g + i), sign);
+    const __m512 vm = _mm512_maskz_loadu_ps(k, m + i);
+    const __m512 c = _mm512_fmadd_ps(vg, omb1, _mm512_mul_ps(vm, b1));
+    // sign(c) as torch computes it on CPU: (0 < c) - (c < 0), so NaN gives 0
+    __m512 s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, zero, _CMP_GT_OQ), zero, one);
+    s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, zero, _CMP_LT_OQ), s, _mm512_sub_ps(zero, one));
+    _mm512_mask_storeu_ps(p + i, k, _mm512_fmadd_ps(s, nlr, vp));
+    _mm512_mask_storeu_ps(m + i, k, _mm512_fmadd_ps(vg, omb2, _mm512_mul_ps(vm, b2)));
+  }
+}
+
 // --- mixed precision -------------------------------------------------------------------------
 
 template <DType D>
@@ -155,7 +192,7 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"avx512", adamw_f32, adamw_mixed, touch4r3w};
+  static const OptimKernels t{"avx512", adamw_f32, adamw_mixed, sgd_f32, lion_f32, touch4r3w};
   return t;
 }
 

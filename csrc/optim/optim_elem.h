@@ -49,6 +49,29 @@ inline void adamw_elem(float& p, float g, float& m, float& v, float* max_v, cons
   p = p + a.neg_step_size * m / denom;  // addcdiv: self + (value * t1) / t2
 }
 
+// torch.optim.SGD(foreach=False): Tensor.add(x, alpha=a) is an FMA on CPU, mul_ then add_ are two roundings.
+inline void sgd_elem(float& p, float g, float* buf, const SgdArgs& a) {
+  if (a.maximize) g = -g;
+  if (a.weight_decay != 0.0f) g = std::fma(p, a.weight_decay, g);
+  if (buf) {
+    float b = a.first ? g : std::fma(g, a.one_minus_dampening, *buf * a.momentum);
+    *buf = b;
+    g = a.nesterov ? std::fma(b, a.momentum, g) : b;
+  }
+  p = std::fma(g, -a.lr, p);
+}
+
+// fasttrain.ops.reference.lion_reference, same order: p.mul_(decay); c = m * b1 + g * (1 - b1) (FMA, as
+// Tensor.add(alpha)); p.add_(sign(c), alpha=-lr); m = m * b2, then FMA with g * (1 - b2).
+inline void lion_elem(float& p, float g, float& m, const LionArgs& a) {
+  if (a.maximize) g = -g;
+  p = p * a.decay;
+  const float c = std::fma(g, a.one_minus_b1, m * a.beta1);
+  const float s = float(c > 0.0f) - float(c < 0.0f);  // torch.sign on CPU: (0 < x) - (x < 0), so sign(NaN) = 0
+  p = std::fma(s, -a.lr, p);
+  m = std::fma(g, a.one_minus_b2, m * a.beta2);
+}
+
 // Element i of a mixed-precision pass (the scalar path, and the tails of the SIMD paths).
 template <DType P, DType S, bool MASTER>
 inline void adamw_elem_mixed(const MixedBufs& b, int64_t i, const AdamWArgs& a) {

@@ -8,6 +8,6 @@ reference in `fasttrain.ops.reference`. `REGISTRY` lists them all.
 from fasttrain.ops import reference
 from fasttrain.ops._registry import REGISTRY, OpSpec
 from fasttrain.ops.grad_norm import clip_grad_norm_, get_total_norm
-from fasttrain.ops.optim import adamw_step_  # noqa: F401  (fused optimizers, fasttrain.optim)
+from fasttrain.ops.optim import adamw_step_, lion_step_, sgd_step_  # noqa: F401  (fused optimizers, fasttrain.optim)
 
 __all__ = ["REGISTRY", "OpSpec", "clip_grad_norm_", "get_total_norm", "reference"]

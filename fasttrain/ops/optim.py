@@ -20,7 +20,7 @@ from fasttrain.ops import reference
 from fasttrain.ops._checks import DTYPE_CODES
 from fasttrain.ops._registry import OpSpec, register
 
-__all__ = ["adamw_step_"]
+__all__ = ["adamw_step_", "sgd_step_", "lion_step_"]
 
 _OP = "fasttrain.ops.adamw_step_"
 
@@ -230,3 +230,123 @@ register(
         samples=_adamw_samples,
     )
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# SGD and Lion (fp32 only for now)
+
+_SGD = "fasttrain.ops.sgd_step_"
+_LION = "fasttrain.ops.lion_step_"
+_F32 = (torch.float32,)
+
+
+@torch.library.custom_op("fasttrain::sgd_", mutates_args=("param", "momentum_buffer"), device_types="cpu")
+def _sgd_op(param: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor | None, lr: float, momentum: float,
+            dampening: float, weight_decay: float, nesterov: bool, maximize: bool, first: bool) -> None:
+    _C.optim.sgd_f32_(param.data_ptr(), grad.data_ptr(), momentum_buffer.data_ptr() if momentum_buffer is not None else 0,
+                      param.numel(), lr, momentum, dampening, weight_decay, nesterov, maximize, first, num_threads())
+
+
+@_sgd_op.register_fake
+def _(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov, maximize, first):
+    return None
+
+
+@_sgd_op.register_kernel("cuda")
+def _(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov, maximize, first):
+    raise NotImplementedError(f"{_SGD}: no CUDA kernel yet; use torch.optim.SGD(fused=True) for CUDA parameters")
+
+
+@torch.no_grad()
+def sgd_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buffer: torch.Tensor | None = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    first: bool = False,
+) -> None:
+    """One SGD step in place, as torch.optim.SGD(foreach=False) computes it.
+
+    param, grad (, momentum_buffer): same numel, fp32, contiguous, one CPU device, disjoint.
+    momentum_buffer: required iff momentum != 0; first=True on the first step (the buffer becomes grad).
+    """
+    lr, momentum, dampening, weight_decay = (float(x) for x in (lr, momentum, dampening, weight_decay))
+    if not lr >= 0.0:
+        raise ValueError(f"{_SGD}: Invalid learning rate: {lr}")
+    if not momentum >= 0.0:
+        raise ValueError(f"{_SGD}: Invalid momentum value: {momentum}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"{_SGD}: Invalid weight_decay value: {weight_decay}")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError(f"{_SGD}: Nesterov momentum requires a momentum and zero dampening")
+    if momentum != 0.0 and momentum_buffer is None:
+        raise ValueError(f"{_SGD}: momentum={momentum} needs `momentum_buffer` (an fp32 buffer like param)")
+    buf = momentum_buffer if momentum != 0.0 else None
+    _check_buffers(_SGD, {"param": param, "grad": grad, "momentum_buffer": buf}, dict.fromkeys(
+        ("param", "grad", "momentum_buffer"), _F32))
+    _sgd_op(param, grad, buf, lr, momentum, dampening, weight_decay, bool(nesterov), bool(maximize), bool(first))
+
+
+@torch.library.custom_op("fasttrain::lion_", mutates_args=("param", "exp_avg"), device_types="cpu")
+def _lion_op(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, lr: float, beta1: float, beta2: float,
+             weight_decay: float, maximize: bool) -> None:
+    _C.optim.lion_f32_(param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), param.numel(), lr, beta1, beta2,
+                       weight_decay, maximize, num_threads())
+
+
+@_lion_op.register_fake
+def _(param, grad, exp_avg, lr, beta1, beta2, weight_decay, maximize):
+    return None
+
+
+@_lion_op.register_kernel("cuda")
+def _(param, grad, exp_avg, lr, beta1, beta2, weight_decay, maximize):
+    raise NotImplementedError(f"{_LION}: no CUDA kernel yet; keep Lion's parameters on CPU")
+
+
+@torch.no_grad()
+def lion_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> None:
+    """One Lion step in place (fasttrain.ops.reference.lion_reference).
+
+    param, grad, exp_avg: same numel, fp32, contiguous, one CPU device, disjoint.
+    """
+    lr, beta1, beta2, weight_decay = (float(x) for x in (lr, beta1, beta2, weight_decay))
+    _check_hparams(_LION, lr, beta1, beta2, 0.0, weight_decay, 1.0)
+    _check_buffers(_LION, {"param": param, "grad": grad, "exp_avg": exp_avg}, dict.fromkeys(("param", "grad", "exp_avg"), _F32))
+    _lion_op(param, grad, exp_avg, lr, beta1, beta2, weight_decay, bool(maximize))
+
+
+def _sgd_samples():
+    g = torch.Generator().manual_seed(0)
+    for n, momentum, nesterov, first in ((1, 0.0, False, False), (7, 0.9, True, True), (4099, 0.9, False, False)):
+        p, gr, buf = (torch.randn(n, generator=g) for _ in range(3))
+        yield (p, gr, buf if momentum else None, 0.1, momentum, 0.0, 0.01, nesterov, False, first), {}
+
+
+def _lion_samples():
+    g = torch.Generator().manual_seed(0)
+    for n, maximize in ((1, False), (7, True), (4099, False)):
+        p, gr, m = (torch.randn(n, generator=g) for _ in range(3))
+        yield (p, gr, m, 1e-4, 0.9, 0.99, 0.1, maximize), {}
+
+
+register(OpSpec(qualname="fasttrain::sgd_", public=sgd_step_, reference=reference.sgd_reference,
+                test="tests/ops/test_optim_sgd_lion.py", benchmark="benchmarks/bench_sgd.py", samples=_sgd_samples))
+register(OpSpec(qualname="fasttrain::lion_", public=lion_step_, reference=reference.lion_reference,
+                test="tests/ops/test_optim_sgd_lion.py", benchmark="benchmarks/bench_lion.py", samples=_lion_samples))

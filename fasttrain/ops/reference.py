@@ -112,3 +112,65 @@ def adamw_reference(
     else:
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+__all__ += ["sgd_reference", "lion_reference"]
+
+
+@torch.no_grad()
+def sgd_reference(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buffer: torch.Tensor | None = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    first: bool = False,
+) -> None:
+    """One SGD step in place, as torch.optim.SGD(foreach=False) writes it.
+
+    param, grad (, momentum_buffer): same shape and dtype. momentum_buffer is required iff
+    momentum != 0; first=True means it holds no history yet (torch's None buffer): it becomes grad.
+    """
+    if maximize:
+        grad = -grad
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)
+    if momentum != 0:
+        if first:
+            momentum_buffer.copy_(grad)
+        else:
+            momentum_buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
+        grad = grad.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
+    param.add_(grad, alpha=-lr)
+
+
+@torch.no_grad()
+def lion_reference(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> None:
+    """One Lion step in place (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms",
+    Algorithm 2, with decoupled weight decay):
+
+        p <- p * (1 - lr * wd) - lr * sign(beta1 * m + (1 - beta1) * g);   m <- beta2 * m + (1 - beta2) * g
+
+    param, grad, exp_avg: same shape and dtype.
+    """
+    if maximize:
+        grad = -grad
+    param.mul_(1 - lr * weight_decay)
+    update = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign_()
+    param.add_(update, alpha=-lr)
+    exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)

@@ -8,5 +8,6 @@ fasttrain/optim/_flat.py for the contract, including what happens when `.grad` i
 """
 
 from fasttrain.optim.adamw import AdamW
+from fasttrain.optim.sgd import SGD, Lion
 
-__all__ = ["AdamW"]
+__all__ = ["AdamW", "SGD", "Lion"]

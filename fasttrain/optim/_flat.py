@@ -258,7 +258,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 loaded = [raw.get(p, {}) for p in fg.params]
                 for i, st in enumerate(loaded):
                     s = st.get("step")
-                    fg.steps[i] = float(s) if s is not None else 0.0
+                    if s is None:  # torch.optim.SGD keeps no step count: a saved buffer means "not the first step"
+                        s = 1.0 if any(isinstance(v, torch.Tensor) for v in st.values()) else 0.0
+                    fg.steps[i] = float(s)
                 for name in self._state_names(group):
                     fg.state_buffer(name, self._state_dtype(group, fg, name))
                     for i, st in enumerate(loaded):
