@@ -21,7 +21,7 @@ T* ptr(uintptr_t a, int64_t n, const char* what) {
 
 // Host scalars in fp64, then fp32, as torch.optim.AdamW(foreach=False) computes them.
 ft::optim::AdamWArgs make_args(double lr, double beta1, double beta2, double eps, double weight_decay, double step,
-                               bool maximize, bool amsgrad) {
+                               bool maximize, bool amsgrad, double grad_mul) {
   if (!(step >= 1)) throw std::invalid_argument("step must be >= 1");
   ft::optim::AdamWArgs a{};
   a.decay = float(1.0 - lr * weight_decay);
@@ -34,6 +34,7 @@ ft::optim::AdamWArgs make_args(double lr, double beta1, double beta2, double eps
   a.neg_step_size = float(-(lr / bc1));
   a.maximize = maximize;
   a.amsgrad = amsgrad;
+  a.grad_mul = float(grad_mul);
   return a;
 }
 
@@ -46,10 +47,10 @@ void bind_optim(py::module_ m) {
       "adamw_f32_",
       [](uintptr_t p, uintptr_t g, uintptr_t exp_avg, uintptr_t exp_avg_sq, uintptr_t max_exp_avg_sq, int64_t n,
          double lr, double beta1, double beta2, double eps, double weight_decay, double step, bool maximize,
-         bool amsgrad, int threads) {
+         bool amsgrad, double grad_mul, int threads) {
         if (n < 0) throw std::invalid_argument("negative numel");
         if (amsgrad && n > 0 && max_exp_avg_sq == 0) throw std::invalid_argument("amsgrad needs max_exp_avg_sq");
-        const optim::AdamWArgs a = make_args(lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad);
+        const optim::AdamWArgs a = make_args(lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_mul);
         float* pp = ptr<float>(p, n, "param");
         const float* gp = ptr<const float>(g, n, "grad");
         float* mp = ptr<float>(exp_avg, n, "exp_avg");
@@ -60,21 +61,22 @@ void bind_optim(py::module_ m) {
       },
       py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq"),
       py::arg("numel"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
-      py::arg("step"), py::arg("maximize"), py::arg("amsgrad"), py::arg("threads"),
+      py::arg("step"), py::arg("maximize"), py::arg("amsgrad"), py::arg("grad_mul"), py::arg("threads"),
       "One fused AdamW step over flat fp32 buffers (torch.optim.AdamW semantics), in place.");
 
   m.def(
       "adamw_mixed_",
       [](uintptr_t p, uintptr_t g, uintptr_t exp_avg, uintptr_t exp_avg_sq, uintptr_t max_exp_avg_sq, uintptr_t master,
          int64_t n, int param_dtype, int state_dtype, double lr, double beta1, double beta2, double eps,
-         double weight_decay, double step, bool maximize, bool amsgrad, bool stochastic, uint32_t seed, int threads) {
+         double weight_decay, double step, bool maximize, bool amsgrad, double grad_mul, bool stochastic, uint32_t seed,
+         int threads) {
         if (n < 0) throw std::invalid_argument("negative numel");
         if (param_dtype < 0 || param_dtype > 2) throw std::invalid_argument("invalid param dtype code");
         if (state_dtype != int(DType::f32) && state_dtype != int(DType::bf16))
           throw std::invalid_argument("state dtype must be f32 or bf16");
         if (amsgrad && n > 0 && max_exp_avg_sq == 0) throw std::invalid_argument("amsgrad needs max_exp_avg_sq");
         if (stochastic && param_dtype != int(DType::bf16)) throw std::invalid_argument("stochastic rounding is bf16 only");
-        optim::AdamWArgs a = make_args(lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad);
+        optim::AdamWArgs a = make_args(lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_mul);
         a.stochastic = stochastic;
         a.seed = seed;
         optim::MixedBufs b{ptr<void>(p, n, "param"), ptr<const void>(g, n, "grad"), ptr<void>(exp_avg, n, "exp_avg"),
@@ -86,7 +88,8 @@ void bind_optim(py::module_ m) {
       py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq"),
       py::arg("master"), py::arg("numel"), py::arg("param_dtype"), py::arg("state_dtype"), py::arg("lr"),
       py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("step"),
-      py::arg("maximize"), py::arg("amsgrad"), py::arg("stochastic"), py::arg("seed"), py::arg("threads"),
+      py::arg("maximize"), py::arg("amsgrad"), py::arg("grad_mul"), py::arg("stochastic"), py::arg("seed"),
+      py::arg("threads"),
       "One fused AdamW step with fp32/fp16/bf16 params (+ optional fp32 masters) and fp32/bf16 states.");
 
   m.def(

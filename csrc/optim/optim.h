@@ -22,6 +22,7 @@ struct AdamWArgs {
   float neg_step_size;  // -lr / (1 - beta1^step)
   bool maximize;
   bool amsgrad;
+  float grad_mul;   // gradients are multiplied by this first: 1/loss-scale (GradScaler) times the clip coefficient
   bool stochastic;  // round the low-precision param stochastically (bf16 params without masters)
   uint32_t seed;    // per step; the rounding noise of element i is hash(seed, i), whatever the threads
 };

@@ -15,11 +15,11 @@ void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64
   const bool low_w = a.one_minus_b1 < 0.5f;
   const __m256 w = _mm256_set1_ps(low_w ? a.one_minus_b1 : a.one_minus_b1 - 1.0f);
   const __m256 bc2 = _mm256_set1_ps(a.bc2_sqrt), eps = _mm256_set1_ps(a.eps), nss = _mm256_set1_ps(a.neg_step_size);
-  const __m256 sign = _mm256_set1_ps(a.maximize ? -0.0f : 0.0f);
+  const __m256 sign = _mm256_set1_ps(a.maximize ? -0.0f : 0.0f), gm = _mm256_set1_ps(a.grad_mul);
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     __m256 vp = _mm256_loadu_ps(p + i);
-    const __m256 vg = _mm256_xor_ps(_mm256_loadu_ps(g + i), sign);
+    const __m256 vg = _mm256_xor_ps(_mm256_mul_ps(_mm256_loadu_ps(g + i), gm), sign);
     __m256 vm = _mm256_loadu_ps(m + i);
     __m256 vv = _mm256_loadu_ps(v + i);
     vp = _mm256_mul_ps(vp, decay);

@@ -17,11 +17,11 @@ void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64
   const bool low_w = a.one_minus_b1 < 0.5f;
   const __m512 w = _mm512_set1_ps(low_w ? a.one_minus_b1 : a.one_minus_b1 - 1.0f);
   const __m512 bc2 = _mm512_set1_ps(a.bc2_sqrt), eps = _mm512_set1_ps(a.eps), nss = _mm512_set1_ps(a.neg_step_size);
-  const __m512 sign = _mm512_set1_ps(a.maximize ? -0.0f : 0.0f);
+  const __m512 sign = _mm512_set1_ps(a.maximize ? -0.0f : 0.0f), gm = _mm512_set1_ps(a.grad_mul);
   for (int64_t i = 0; i < n; i += W) {
     const __mmask16 k = mask_for(n - i);
     __m512 vp = _mm512_maskz_loadu_ps(k, p + i);
-    const __m512 vg = _mm512_xor_ps(_mm512_maskz_loadu_ps(k, g + i), sign);  // maximize: -g
+    const __m512 vg = _mm512_xor_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + i), gm), sign);  // unscale; maximize: -g
     __m512 vm = _mm512_maskz_loadu_ps(k, m + i);
     __m512 vv = _mm512_maskz_loadu_ps(k, v + i);
     vp = _mm512_mul_ps(vp, decay);
@@ -139,12 +139,12 @@ struct MixedLoop {
     const bool low_w = a.one_minus_b1 < 0.5f;
     const __m512 w = _mm512_set1_ps(low_w ? a.one_minus_b1 : a.one_minus_b1 - 1.0f);
     const __m512 bc2 = _mm512_set1_ps(a.bc2_sqrt), eps = _mm512_set1_ps(a.eps), nss = _mm512_set1_ps(a.neg_step_size);
-    const __m512 sign = _mm512_set1_ps(a.maximize ? -0.0f : 0.0f);
+    const __m512 sign = _mm512_set1_ps(a.maximize ? -0.0f : 0.0f), gm = _mm512_set1_ps(a.grad_mul);
     const int64_t end = off + n;
     for (int64_t i = off; i < end; i += W) {
       const __mmask16 k = mask_for(end - i);
       __m512 vp = MASTER ? _mm512_maskz_loadu_ps(k, b.master + i) : load<P>(b.p, i, k);
-      const __m512 vg = _mm512_xor_ps(load<P>(b.g, i, k), sign);
+      const __m512 vg = _mm512_xor_ps(_mm512_mul_ps(load<P>(b.g, i, k), gm), sign);
       __m512 vm = load<S>(b.m, i, k);
       __m512 vv = load<S>(b.v, i, k);
       vp = _mm512_mul_ps(vp, decay);

@@ -32,6 +32,7 @@ inline uint16_t f32_to_bf16_sr(float f, uint32_t r) {
 }
 
 inline void adamw_elem(float& p, float g, float& m, float& v, float* max_v, const AdamWArgs& a) {
+  g = g * a.grad_mul;  // exact when grad_mul is 1 or a power of two (GradScaler's scales)
   if (a.maximize) g = -g;
   p = p * a.decay;
   // torch.lerp: weight < 0.5 -> start + w * (end - start); else end - (end - start) * (1 - w), both as FMA.

@@ -98,6 +98,7 @@ def _adamw_op(
     step: float,
     maximize: bool,
     amsgrad: bool,
+    grad_scale: float,
     stochastic_rounding: bool,
     seed: int,
 ) -> None:
@@ -105,27 +106,27 @@ def _adamw_op(
     if param.dtype == exp_avg.dtype == torch.float32 and master is None:  # the fp32 fast path
         _C.optim.adamw_f32_(
             param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), mx, param.numel(),
-            lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, num_threads(),
+            lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_scale, num_threads(),
         )
         return
     _C.optim.adamw_mixed_(
         param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), mx,
         master.data_ptr() if master is not None else 0, param.numel(),
         DTYPE_CODES[param.dtype], DTYPE_CODES[exp_avg.dtype],
-        lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, stochastic_rounding, seed & 0xFFFFFFFF,
+        lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_scale, stochastic_rounding, seed & 0xFFFFFFFF,
         num_threads(),
     )
 
 
 @_adamw_op.register_fake
 def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2, eps, weight_decay, step, maximize,
-      amsgrad, stochastic_rounding, seed):
+      amsgrad, grad_scale, stochastic_rounding, seed):
     return None
 
 
 @_adamw_op.register_kernel("cuda")
 def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2, eps, weight_decay, step, maximize,
-      amsgrad, stochastic_rounding, seed):
+      amsgrad, grad_scale, stochastic_rounding, seed):
     raise NotImplementedError(
         f"{_OP}: the CUDA (Triton) AdamW kernel is not implemented yet; keep the optimizer on CPU tensors "
         "or use torch.optim.AdamW(fused=True) for CUDA parameters"
@@ -151,6 +152,7 @@ def adamw_step_(
     master: torch.Tensor | None = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
+    grad_scale: float = 1.0,
 ) -> None:
     """One AdamW step, in place, as torch.optim.AdamW(foreach=False) computes it (in fp32).
 
@@ -164,6 +166,8 @@ def adamw_step_(
     equal to the dropped fraction (unbiased). `seed` picks the noise (same seed + step -> same bits).
     step: the step count *after* this update (1 on the first call); bias corrections use it.
     max_exp_avg_sq is required (and updated) iff amsgrad. All buffers on one CPU device, disjoint.
+    grad_scale: the gradient is multiplied by it before use (1 / loss scale, times a clip coefficient),
+    so unscaling and clipping cost no pass of their own; grad itself is not modified.
     """
     lr, beta1, beta2, eps, weight_decay, step = (float(x) for x in (lr, beta1, beta2, eps, weight_decay, step))
     _check_hparams(_OP, lr, beta1, beta2, eps, weight_decay, step)
@@ -182,8 +186,8 @@ def adamw_step_(
         raise ValueError(f"{_OP}: stochastic_rounding applies to bf16 params without master weights; "
                          f"got {param.dtype} param{' with master' if master is not None else ''}")
     _adamw_op(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None, master,
-              lr, beta1, beta2, eps, weight_decay, step, bool(maximize), bool(amsgrad), bool(stochastic_rounding),
-              int(seed))
+              lr, beta1, beta2, eps, weight_decay, step, bool(maximize), bool(amsgrad), float(grad_scale),
+              bool(stochastic_rounding), int(seed))
 
 
 @torch.no_grad()
@@ -217,7 +221,7 @@ def _adamw_samples():
         m, v = (torch.randn(n, generator=g) * 0.1).to(sdt), (torch.rand(n, generator=g) * 0.01).to(sdt)
         mx = (torch.rand(n, generator=g) * 0.01).to(sdt) if amsgrad else None
         yield (p, gr, m, v, mx, master if use_master else None, 1e-3, 0.9, 0.999, 1e-8, 0.01, 3.0, maximize, amsgrad,
-               sr, 1234), {}
+               0.5 if sr else 1.0, sr, 1234), {}
 
 
 register(

@@ -79,6 +79,7 @@ def adamw_reference(
     maximize: bool = False,
     amsgrad: bool = False,
     master: torch.Tensor | None = None,
+    grad_scale: float = 1.0,
 ) -> None:
     """One AdamW step in place, written as torch.optim.AdamW(foreach=False) writes it.
 
@@ -86,8 +87,11 @@ def adamw_reference(
     step: the step count after this update (1 on the first call). Run on fp64 copies for a ground truth.
     Mixed precision (the fused op's contract): when the buffers do not all share one dtype, or an
     fp32 `master` is given, the step runs on fp32 copies (the master instead of param if given) and
-    each result is rounded to its buffer's dtype once (round-to-nearest-even).
+    each result is rounded to its buffer's dtype once (round-to-nearest-even). grad_scale multiplies
+    the gradient first (unscaling / clipping folded into the step; grad itself is left unchanged).
     """
+    if grad_scale != 1.0:
+        grad = grad.float() * grad_scale if grad.dtype != torch.float64 else grad * grad_scale
     bufs = [t for t in (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq) if t is not None]
     if master is not None or len({t.dtype for t in bufs}) > 1:
         work = [t.float() if t is not None else None for t in (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)]

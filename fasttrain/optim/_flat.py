@@ -191,6 +191,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             gr = p.grad
             if gr is None:
                 missing.append(i)
+                fg.grad_views[i].zero_()  # a skipped parameter must not count in a global grad norm
             elif gr.layout != torch.strided:
                 raise TypeError(f"{name}: parameter {i} has a {gr.layout} gradient; sparse gradients are not supported "
                                 "(use dense embeddings: nn.Embedding(sparse=False))")

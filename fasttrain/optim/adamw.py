@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from fasttrain.ops import get_total_norm
 from fasttrain.ops.optim import adamw_step_
 from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer
 
@@ -33,6 +34,12 @@ def _scalar(x: Any) -> float:
 
 
 class AdamW(_FlatOptimizer):
+    # GradScaler protocol: GradScaler.step() checks the grads for inf/NaN itself (one read pass, its
+    # own kernel), then sets `self.grad_scale` (the scale, or None if the user already called
+    # scaler.unscale_) and `self.found_inf` before calling step(). step() then skips the update if
+    # found_inf, and otherwise multiplies the grads by 1/scale inside the fused pass: no unscale pass.
+    _step_supports_amp_scaling = True
+
     """AdamW (decoupled weight decay, Loshchilov & Hutter 2019), same arguments as torch.optim.AdamW.
 
     params: iterable of CPU parameters that require grad (fp32, bf16 or fp16; one dtype per group), or
@@ -42,6 +49,10 @@ class AdamW(_FlatOptimizer):
     state_dtype: "fp32" (default) or "bf16" for exp_avg / exp_avg_sq (computed in fp32, stored bf16).
     stochastic_rounding: bf16 params without masters: round each updated param stochastically
     (unbiased, so updates smaller than a bf16 ulp still move the weights on average).
+    max_grad_norm: clip to this global 2-norm over all groups (torch.nn.utils.clip_grad_norm_'s
+    arithmetic): one norm pass over the flat grads (fasttrain.ops.get_total_norm), then the clip
+    coefficient is folded into the update pass; the grads themselves are left unclipped. The norm
+    before clipping is kept in `last_grad_norm` (0-dim fp32 tensor).
     lr may be a float or a 1-element tensor (read once per step). `foreach` and `fused` are accepted
     for drop-in compatibility and ignored (this optimizer is always fused); `capturable` and
     `differentiable` are not supported (ValueError).
@@ -64,6 +75,7 @@ class AdamW(_FlatOptimizer):
         master_weights: bool = False,
         state_dtype: str | torch.dtype = "fp32",
         stochastic_rounding: bool = False,
+        max_grad_norm: float | None = None,
     ):
         # Same checks and messages as torch.optim.AdamW.
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
@@ -78,6 +90,11 @@ class AdamW(_FlatOptimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if max_grad_norm is not None and not float(max_grad_norm) > 0.0:
+            raise ValueError(f"Invalid max_grad_norm: {max_grad_norm}; use a positive number, or None for no clipping")
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.last_grad_norm: torch.Tensor | None = None
+        self._grad_mul = 1.0
         if capturable or differentiable:
             raise ValueError("fasttrain.optim.AdamW: capturable=True and differentiable=True are not supported; "
                              "use torch.optim.AdamW for those modes")
@@ -87,6 +104,35 @@ class AdamW(_FlatOptimizer):
                         master_weights=bool(master_weights), state_dtype=_state_dtype_name(state_dtype),
                         stochastic_rounding=bool(stochastic_rounding))
         super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Set by torch.amp.GradScaler.step (see _step_supports_amp_scaling). Reading a CPU scalar
+        # is not a device sync; the CUDA path, when it exists, must keep these on the device.
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return loss  # skipped, as torch's fused optimizers do: no state or step count changes
+        grad_scale = getattr(self, "grad_scale", None)
+        mul = 1.0 / float(grad_scale) if grad_scale is not None else 1.0
+        if self.max_grad_norm is not None:
+            flats = [fg for fg in self._flat if fg is not None]
+            for fg in flats:
+                self._sync(fg)  # swapped grads must count in the norm
+            norm = get_total_norm([fg.grad_buf for fg in flats]) * mul if flats else torch.zeros(())
+            self.last_grad_norm = norm
+            # torch's clip arithmetic: coef = max_norm / (norm + 1e-6), clamped to 1 (NaN propagates)
+            coef = float(torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))
+            mul *= coef
+        self._grad_mul = mul
+        try:
+            super().step()
+        finally:
+            self._grad_mul = 1.0
+        return loss
 
     def _check_group(self, group: dict[str, Any]) -> None:
         lr, (b1, b2), eps, wd = _scalar(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
@@ -118,7 +164,8 @@ class AdamW(_FlatOptimizer):
     def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
         b1, b2 = group["betas"]
         kw = dict(lr=_scalar(group["lr"]), beta1=_scalar(b1), beta2=_scalar(b2), eps=group["eps"],
-                  weight_decay=group["weight_decay"], maximize=group["maximize"], amsgrad=group["amsgrad"])
+                  weight_decay=group["weight_decay"], maximize=group["maximize"], amsgrad=group["amsgrad"],
+                  grad_scale=self._grad_mul)
         if not 0.0 <= kw["lr"]:  # a scheduler or a user may have set it since construction
             raise ValueError(f"Invalid learning rate: {kw['lr']}")
         amsgrad = group["amsgrad"]
