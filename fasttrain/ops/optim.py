@@ -6,8 +6,9 @@ per parameter (32 with amsgrad), the minimum for fp32 AdamW. The per-element ari
 torch's single-tensor implementation, operation by operation, so results match
 `torch.optim.AdamW(foreach=False)` to a few ulp.
 
-CPU tensors run the C++ kernels (fasttrain._C.optim: ISA-dispatched, OpenMP). The CUDA (Triton)
-path is not implemented yet: CUDA tensors get a NotImplementedError naming the CPU alternative.
+CPU tensors run the C++ kernels (fasttrain._C.optim: ISA-dispatched, OpenMP). CUDA tensors run the
+Triton kernel in fasttrain.kernels.optim for AdamW (tested through the Triton interpreter only: no
+GPU was available when it was written); SGD and Lion have no CUDA kernel yet.
 fasttrain.optim.AdamW is the user-facing optimizer; these ops are its building blocks.
 """
 
@@ -127,10 +128,13 @@ def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2
 @_adamw_op.register_kernel("cuda")
 def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2, eps, weight_decay, step, maximize,
       amsgrad, grad_scale, stochastic_rounding, seed):
-    raise NotImplementedError(
-        f"{_OP}: the CUDA (Triton) AdamW kernel is not implemented yet; keep the optimizer on CPU tensors "
-        "or use torch.optim.AdamW(fused=True) for CUDA parameters"
-    )
+    if stochastic_rounding:
+        raise NotImplementedError(f"{_OP}: stochastic rounding has no CUDA kernel yet; use master weights on CUDA")
+    from fasttrain.kernels import optim as triton_optim
+
+    triton_optim.adamw_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr=lr, beta1=beta1, beta2=beta2,
+                        eps=eps, weight_decay=weight_decay, step=step, maximize=maximize, amsgrad=amsgrad,
+                        grad_scale=grad_scale)
 
 
 @torch.no_grad()
