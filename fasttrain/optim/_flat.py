@@ -203,6 +203,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 p.grad = fg.grad_views[i]
         return missing
 
+    @torch.compiler.disable  # see AdamW.step
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         loss = None
@@ -228,6 +229,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 fg.refresh_uniform_step()
         return loss
 
+    @torch.compiler.disable
     @torch.no_grad()
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zeroes the flat gradient buffers in place (whatever `set_to_none` says: dropping the views

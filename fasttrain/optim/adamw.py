@@ -105,6 +105,10 @@ class AdamW(_FlatOptimizer):
                         stochastic_rounding=bool(stochastic_rounding))
         super().__init__(params, defaults)
 
+    # torch.compile runs the step eagerly (one graph break, like torch's own optimizers outside
+    # compiled-optimizer mode): it is a few pointer checks and one C++ call per group, so there is
+    # nothing for the compiler to fuse, and tracing it would only recompile on every lr change.
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         loss = None
