@@ -1,0 +1,157 @@
+"""fasttrain.optim.AdamW (fp32) vs torch.optim.AdamW(fused=True) and a touch kernel, same run.
+
+Workload: a 42.6M-parameter GPT's parameters (2 layers x 1024, vocab 16000: 28 tensors), fp32,
+random grads. An fp32 AdamW step is pure memory traffic: read param, grad, exp_avg, exp_avg_sq
+and write param, exp_avg, exp_avg_sq = 28 bytes per parameter. The roofline is the touch kernel
+(fasttrain.ops.optim.touch_4r3w_: reads the same 4 arrays and writes the same 3, in place, no math)
+timed in the same rounds. extra_info: speedup vs torch fused, fraction of the touch kernel's speed,
+GB/s of each. The guard below checks the op against fasttrain.ops.reference.adamw_reference so the
+benchmark never times a wrong answer (accuracy proper lives in tests/).
+
+    pytest benchmarks/bench_adamw.py -s -q        # full: prints ratios and GB/s
+    pytest benchmarks --benchmark-disable         # smoke (CI): tiny workload, one round
+"""
+
+import pytest
+import torch
+
+import fasttrain.optim
+from fasttrain.bench import gpt_param_shapes, interleaved, make_grads
+from fasttrain.ops import adamw_step_
+from fasttrain.ops.optim import touch_4r3w_
+from fasttrain.ops.reference import adamw_reference
+
+BYTES_PER_PARAM = 28  # fp32: 4 arrays read, 3 written
+
+
+def _guard():
+    g = torch.Generator().manual_seed(0)
+    bufs = [torch.randn(4099, generator=g) * s for s in (1.0, 1e-2, 1e-2)] + [torch.rand(4099, generator=g) * 1e-4]
+    ours, ref = [b.clone() for b in bufs], [b.clone() for b in bufs]
+    adamw_step_(*ours, lr=1e-3, step=3)
+    adamw_reference(*ref, lr=1e-3, step=3)
+    for o, r in zip(ours, ref):
+        torch.testing.assert_close(o, r, rtol=1e-6, atol=1e-12)
+
+
+def test_adamw_fp32(benchmark, smoke):
+    _guard()
+    shapes = gpt_param_shapes(n_layer=1, d_model=64, vocab=1000, block=64) if smoke else \
+        gpt_param_shapes(n_layer=2, d_model=1024, vocab=16000, block=1024)
+    rounds = 1 if smoke else 21
+    ours_p = make_grads(shapes, seed=0)
+    torch_p = make_grads(shapes, seed=0)
+    n = sum(p.numel() for p in ours_p)
+    ours = fasttrain.optim.AdamW(ours_p, lr=1e-4)
+    ref = torch.optim.AdamW(torch_p, lr=1e-4, fused=True)
+    ref.step()  # allocate torch's states outside the timed rounds (ours allocates at construction)
+    touch = [torch.zeros(n) for _ in range(4)]
+    t = interleaved(
+        {"fasttrain": ours.step, "torch_fused": ref.step, "touch": lambda: touch_4r3w_(*touch)},
+        rounds=rounds, warmup=0 if smoke else 2,
+    )
+    ft, th, tt = t["fasttrain"].median, t["torch_fused"].median, t["touch"].median
+    gb = BYTES_PER_PARAM * n / 1e9
+    result = {
+        "params": n, "tensors": len(shapes), "threads": fasttrain._ext.num_threads(), "isa": fasttrain._ext._C.isa(),
+        "fasttrain_ms": ft * 1e3, "torch_fused_ms": th * 1e3, "touch_ms": tt * 1e3,
+        "speedup_vs_torch_fused": th / ft, "fraction_of_touch": tt / ft,
+        "gbps": gb / ft, "torch_gbps": gb / th, "touch_gbps": gb / tt,
+    }
+    benchmark.extra_info.update(result)
+    print(
+        f"\nAdamW fp32 {n / 1e6:.1f}M params in {len(shapes)} tensors, {result['threads']} threads ({result['isa']}): "
+        f"fasttrain {ft * 1e3:.2f} ms ({result['gbps']:.1f} GB/s), torch fused {th * 1e3:.2f} ms "
+        f"({result['torch_gbps']:.1f} GB/s), touch {tt * 1e3:.2f} ms ({result['touch_gbps']:.1f} GB/s); "
+        f"speedup {th / ft:.3f}x, {100 * tt / ft:.1f}% of touch (medians of {len(t['touch'].seconds)} interleaved rounds)"
+    )
+    benchmark.pedantic(ours.step, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+def test_adamw_bf16_master_weights(benchmark, smoke):
+    """bf16 params + fp32 masters in one pass (read g2 master4 m4 v4, write master4 m4 v4 p2 = 28 B)
+    vs torch's way (40 B): cast the bf16 grads up into fp32 copies, fused AdamW on the fp32 copies,
+    cast the params back down, each step done with torch's multi-tensor (_foreach) kernels."""
+    shapes = gpt_param_shapes(n_layer=1, d_model=64, vocab=1000, block=64) if smoke else \
+        gpt_param_shapes(n_layer=2, d_model=1024, vocab=16000, block=1024)
+    rounds = 1 if smoke else 21
+    ours_p = make_grads(shapes, torch.bfloat16, seed=0)
+    n = sum(p.numel() for p in ours_p)
+    ours = fasttrain.optim.AdamW(ours_p, lr=1e-4, master_weights=True)
+
+    low = make_grads(shapes, torch.bfloat16, seed=0)
+    masters = [torch.nn.Parameter(p.detach().float()) for p in low]
+    for m in masters:
+        m.grad = torch.empty_like(m)
+    ref = torch.optim.AdamW(masters, lr=1e-4, fused=True)
+    low_params, low_grads, master_grads = [p.detach() for p in low], [p.grad for p in low], [m.grad for m in masters]
+    master_params = [m.detach() for m in masters]
+
+    def torch_way():
+        torch._foreach_copy_(master_grads, low_grads)
+        ref.step()
+        torch._foreach_copy_(low_params, master_params)
+
+    torch_way()  # allocate torch's states outside the timed rounds
+    t = interleaved({"fasttrain": ours.step, "torch_way": torch_way}, rounds=rounds, warmup=0 if smoke else 2)
+    ft, th = t["fasttrain"].median, t["torch_way"].median
+    result = {"params": n, "fasttrain_ms": ft * 1e3, "torch_way_ms": th * 1e3, "speedup": th / ft,
+              "gbps": 28 * n / ft / 1e9, "torch_way_gbps": 40 * n / th / 1e9}
+    benchmark.extra_info.update(result)
+    print(f"\nAdamW bf16 params + fp32 masters, {n / 1e6:.1f}M params: fasttrain {ft * 1e3:.2f} ms "
+          f"({result['gbps']:.1f} GB/s at 28 B/param), torch's way {th * 1e3:.2f} ms ({result['torch_way_gbps']:.1f} GB/s "
+          f"at 40 B/param); speedup {th / ft:.3f}x (limit 40/28 = 1.43x)")
+    benchmark.pedantic(ours.step, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton path)")
+def test_adamw_cuda_triton(benchmark, smoke):
+    """Flat Triton AdamW on CUDA vs torch.optim.AdamW(fused=True) and the GPU's copy bandwidth, same
+    run: fp32 (28 B/param) and bf16 params + fp32 masters vs torch's way (cast up, fused, cast down).
+    1B parameters (smoke: 1M) in one flat buffer for fasttrain, 24 tensors for torch."""
+    dev = "cuda"
+    n = 1 << 20 if smoke else 1_000_000_000
+    rounds = 1 if smoke else 11
+    sizes = [n // 24] * 23 + [n - 23 * (n // 24)]
+    sync = torch.cuda.synchronize
+    p, g = torch.randn(n, device=dev), torch.randn(n, device=dev) * 1e-3
+    m, v = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
+    ours = lambda: adamw_step_(p, g, m, v, lr=1e-4, step=10)  # noqa: E731
+    tp = [torch.nn.Parameter(t) for t in torch.randn(n, device=dev).split(sizes)]
+    for t in tp:
+        t.grad = torch.randn_like(t) * 1e-3
+    ref = torch.optim.AdamW(tp, lr=1e-4, fused=True)
+    ref.step()
+    src, dst = torch.empty(n, device=dev), torch.empty(n, device=dev)
+    t = interleaved({"fasttrain": ours, "torch_fused": ref.step, "copy": lambda: dst.copy_(src)},
+                    rounds=rounds, warmup=0 if smoke else 2, sync=sync)
+    ft, th, cp = t["fasttrain"].median, t["torch_fused"].median, t["copy"].median
+    copy_gbps = 8 * n / cp / 1e9
+    result = {"params": n, "fasttrain_ms": ft * 1e3, "torch_fused_ms": th * 1e3, "speedup": th / ft,
+              "gbps": 28 * n / ft / 1e9, "copy_gbps": copy_gbps, "fraction_of_copy_bw": 28 * n / ft / 1e9 / copy_gbps,
+              "device": torch.cuda.get_device_name()}
+    del tp, ref
+    # bf16 + masters vs torch's way
+    lp, lg = p.bfloat16(), g.bfloat16()
+    master = p.clone()
+    ours_bf16 = lambda: adamw_step_(lp, lg, m, v, lr=1e-4, step=10, master=master)  # noqa: E731
+    mp = [torch.nn.Parameter(t) for t in p.clone().split(sizes)]
+    lows, lgrads = list(lp.clone().split(sizes)), list(lg.split(sizes))
+    for t in mp:
+        t.grad = torch.empty_like(t)
+    ref2 = torch.optim.AdamW(mp, lr=1e-4, fused=True)
+
+    def torch_way():
+        torch._foreach_copy_([t.grad for t in mp], lgrads)
+        ref2.step()
+        torch._foreach_copy_(lows, [t.detach() for t in mp])
+
+    torch_way()
+    t2 = interleaved({"fasttrain": ours_bf16, "torch_way": torch_way}, rounds=rounds, warmup=0 if smoke else 2, sync=sync)
+    result["bf16_master_speedup"] = t2["torch_way"].median / t2["fasttrain"].median
+    benchmark.extra_info.update(result)
+    print(f"\nCUDA AdamW fp32 {n / 1e9:.2f}B params on {result['device']}: fasttrain {ft * 1e3:.2f} ms "
+          f"({result['gbps']:.0f} GB/s, {100 * result['fraction_of_copy_bw']:.0f}% of copy {copy_gbps:.0f} GB/s), "
+          f"torch fused {th * 1e3:.2f} ms, speedup {th / ft:.3f}x; bf16 + masters vs torch's way "
+          f"{result['bf16_master_speedup']:.3f}x")
+    benchmark.pedantic(ours, rounds=rounds, iterations=1, warmup_rounds=0)

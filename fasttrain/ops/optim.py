@@ -1,0 +1,360 @@
+"""Fused optimizer update ops over flat buffers.
+
+`adamw_step_` applies one torch.optim.AdamW (decoupled weight decay) step to a flat fp32 param
+buffer and its grad / exp_avg / exp_avg_sq (/ max_exp_avg_sq) buffers in one pass: 28 bytes moved
+per parameter (32 with amsgrad), the minimum for fp32 AdamW. The per-element arithmetic follows
+torch's single-tensor implementation, operation by operation, so results match
+`torch.optim.AdamW(foreach=False)` to a few ulp.
+
+CPU tensors run the C++ kernels (fasttrain._C.optim: ISA-dispatched, OpenMP). CUDA tensors run the
+Triton kernel in fasttrain.kernels.optim for AdamW (tested through the Triton interpreter only: no
+GPU was available when it was written); SGD and Lion have no CUDA kernel yet.
+fasttrain.optim.AdamW is the user-facing optimizer; these ops are its building blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fasttrain._ext import _C, num_threads
+from fasttrain.ops import reference
+from fasttrain.ops._checks import DTYPE_CODES
+from fasttrain.ops._registry import OpSpec, register
+
+__all__ = ["adamw_step_", "sgd_step_", "lion_step_"]
+
+_OP = "fasttrain.ops.adamw_step_"
+
+
+_LOW = (torch.float32, torch.bfloat16, torch.float16)
+_STATE = (torch.float32, torch.bfloat16)
+
+
+def _dtype_names(ds) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in ds)
+
+
+def _check_buffers(op: str, named: dict[str, torch.Tensor | None], dtypes: dict[str, tuple[torch.dtype, ...]]) -> None:
+    """Same numel, allowed dtypes, dense, contiguous, one device, no two buffers sharing memory."""
+    ref_name, ref = "param", named["param"]
+    present = {k: t for k, t in named.items() if t is not None}
+    for name, t in present.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            raise TypeError(f"{op}: `{name}` has layout {t.layout}; sparse gradients are not supported (use dense ones)")
+        if t.is_complex():
+            raise TypeError(f"{op}: `{name}` is complex ({t.dtype}); only real tensors are supported "
+                            "(view complex params as real with torch.view_as_real)")
+        if t.dtype not in dtypes[name]:
+            raise TypeError(f"{op}: `{name}` has dtype {t.dtype}; supported: {_dtype_names(dtypes[name])}")
+        if not t.is_contiguous():
+            raise ValueError(f"{op}: `{name}` is not contiguous (stride {t.stride()}); pass .contiguous() buffers")
+        if t.numel() != ref.numel():
+            raise ValueError(f"{op}: `{name}` has {t.numel()} elements but `{ref_name}` has {ref.numel()}; "
+                             "all buffers must be the same size")
+        if t.device != ref.device:
+            raise ValueError(f"{op}: `{name}` is on {t.device} but `{ref_name}` is on {ref.device}; "
+                             "move all buffers to one device")
+    if ref.device.type == "meta":
+        return
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), k) for k, t in present.items() if t.numel())
+    for (_s0, e0, k0), (s1, _e1, k1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ValueError(f"{op}: `{k0}` and `{k1}` share memory; each buffer must be a separate tensor")
+
+
+def _check_hparams(op: str, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: float) -> None:
+    if not lr >= 0.0:
+        raise ValueError(f"{op}: Invalid learning rate: {lr}")
+    if not 0.0 <= beta1 < 1.0:
+        raise ValueError(f"{op}: Invalid beta parameter at index 0: {beta1}")
+    if not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"{op}: Invalid beta parameter at index 1: {beta2}")
+    if not eps >= 0.0:
+        raise ValueError(f"{op}: Invalid epsilon value: {eps}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"{op}: Invalid weight_decay value: {weight_decay}")
+    if not step >= 1.0:
+        raise ValueError(f"{op}: step must be >= 1 (the count after this update), got {step}")
+
+
+@torch.library.custom_op(
+    "fasttrain::adamw_",
+    mutates_args=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master"),
+    device_types="cpu",
+)
+def _adamw_op(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None,
+    master: torch.Tensor | None,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: float,
+    maximize: bool,
+    amsgrad: bool,
+    grad_scale: float,
+    stochastic_rounding: bool,
+    seed: int,
+) -> None:
+    mx = max_exp_avg_sq.data_ptr() if amsgrad else 0
+    if param.dtype == exp_avg.dtype == torch.float32 and master is None:  # the fp32 fast path
+        _C.optim.adamw_f32_(
+            param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), mx, param.numel(),
+            lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_scale, num_threads(),
+        )
+        return
+    _C.optim.adamw_mixed_(
+        param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), mx,
+        master.data_ptr() if master is not None else 0, param.numel(),
+        DTYPE_CODES[param.dtype], DTYPE_CODES[exp_avg.dtype],
+        lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_scale, stochastic_rounding, seed & 0xFFFFFFFF,
+        num_threads(),
+    )
+
+
+@_adamw_op.register_fake
+def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2, eps, weight_decay, step, maximize,
+      amsgrad, grad_scale, stochastic_rounding, seed):
+    return None
+
+
+@_adamw_op.register_kernel("cuda")
+def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2, eps, weight_decay, step, maximize,
+      amsgrad, grad_scale, stochastic_rounding, seed):
+    if stochastic_rounding:
+        raise NotImplementedError(f"{_OP}: stochastic rounding has no CUDA kernel yet; use master weights on CUDA")
+    from fasttrain.kernels import optim as triton_optim
+
+    triton_optim.adamw_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr=lr, beta1=beta1, beta2=beta2,
+                        eps=eps, weight_decay=weight_decay, step=step, maximize=maximize, amsgrad=amsgrad,
+                        grad_scale=grad_scale)
+
+
+@torch.no_grad()
+def adamw_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    max_exp_avg_sq: torch.Tensor | None = None,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    step: float,
+    maximize: bool = False,
+    amsgrad: bool = False,
+    master: torch.Tensor | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
+    grad_scale: float = 1.0,
+) -> None:
+    """One AdamW step, in place, as torch.optim.AdamW(foreach=False) computes it (in fp32).
+
+    param: (N,) or any shape, fp32 / bf16 / fp16, contiguous, updated in place.
+    grad: same numel and dtype as param (read only).
+    exp_avg, exp_avg_sq (, max_exp_avg_sq): same numel, fp32 or bf16 (all one dtype), updated in place
+    (bf16 states are computed in fp32 and rounded to nearest even when stored).
+    master: optional fp32 master weights (same numel): the update reads and writes the master and
+    writes param = master rounded to param's dtype, in the same pass.
+    stochastic_rounding: bf16 param without master only; rounds the new param up with probability
+    equal to the dropped fraction (unbiased). `seed` picks the noise (same seed + step -> same bits).
+    step: the step count *after* this update (1 on the first call); bias corrections use it.
+    max_exp_avg_sq is required (and updated) iff amsgrad. All buffers on one CPU device, disjoint.
+    grad_scale: the gradient is multiplied by it before use (1 / loss scale, times a clip coefficient),
+    so unscaling and clipping cost no pass of their own; grad itself is not modified.
+    """
+    lr, beta1, beta2, eps, weight_decay, step = (float(x) for x in (lr, beta1, beta2, eps, weight_decay, step))
+    _check_hparams(_OP, lr, beta1, beta2, eps, weight_decay, step)
+    if amsgrad and max_exp_avg_sq is None:
+        raise ValueError(f"{_OP}: amsgrad=True needs `max_exp_avg_sq` (a zero-initialised buffer like exp_avg_sq)")
+    named = {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+             "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None, "master": master}
+    _check_buffers(_OP, named, {"param": _LOW, "grad": _LOW, "exp_avg": _STATE, "exp_avg_sq": _STATE,
+                                "max_exp_avg_sq": _STATE, "master": (torch.float32,)})
+    if grad.dtype != param.dtype:
+        raise TypeError(f"{_OP}: `grad` is {grad.dtype} but `param` is {param.dtype}; they must match")
+    for k in ("exp_avg_sq", "max_exp_avg_sq"):
+        if named[k] is not None and named[k].dtype != exp_avg.dtype:
+            raise TypeError(f"{_OP}: `{k}` is {named[k].dtype} but `exp_avg` is {exp_avg.dtype}; states share one dtype")
+    if stochastic_rounding and (param.dtype != torch.bfloat16 or master is not None):
+        raise ValueError(f"{_OP}: stochastic_rounding applies to bf16 params without master weights; "
+                         f"got {param.dtype} param{' with master' if master is not None else ''}")
+    _adamw_op(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None, master,
+              lr, beta1, beta2, eps, weight_decay, step, bool(maximize), bool(amsgrad), float(grad_scale),
+              bool(stochastic_rounding), int(seed))
+
+
+@torch.no_grad()
+def touch_4r3w_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c: float = 0.0) -> None:
+    """Benchmark roofline (not an optimizer): p, m, v += c * g in one pass, i.e. the exact memory
+    traffic of an fp32 AdamW step (read 4 arrays, write 3) with no arithmetic to speak of.
+
+    p, g, m, v: same numel, fp32, contiguous, CPU.
+    """
+    op = "fasttrain.ops.optim.touch_4r3w_"
+    f32 = (torch.float32,)
+    _check_buffers(op, {"param": p, "grad": g, "exp_avg": m, "exp_avg_sq": v}, dict.fromkeys(("param", "grad", "exp_avg", "exp_avg_sq"), f32))
+    if p.device.type != "cpu":
+        raise ValueError(f"{op}: CPU tensors only, got {p.device}")
+    _C.optim.touch4r3w_(p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), float(c), num_threads())
+
+
+def _adamw_samples():
+    g = torch.Generator().manual_seed(0)
+    cases = [  # (n, amsgrad, maximize, param dtype, state dtype, master, stochastic rounding)
+        (1, False, False, torch.float32, torch.float32, False, False),
+        (7, True, False, torch.float32, torch.float32, False, False),
+        (4099, False, True, torch.float32, torch.float32, False, False),
+        (37, True, False, torch.bfloat16, torch.float32, True, False),
+        (37, False, False, torch.float16, torch.bfloat16, True, False),
+        (37, False, False, torch.bfloat16, torch.bfloat16, False, True),
+    ]
+    for n, amsgrad, maximize, pdt, sdt, use_master, sr in cases:
+        master = torch.randn(n, generator=g)
+        p, gr = master.to(pdt), (torch.randn(n, generator=g) * 0.1).to(pdt)
+        m, v = (torch.randn(n, generator=g) * 0.1).to(sdt), (torch.rand(n, generator=g) * 0.01).to(sdt)
+        mx = (torch.rand(n, generator=g) * 0.01).to(sdt) if amsgrad else None
+        yield (p, gr, m, v, mx, master if use_master else None, 1e-3, 0.9, 0.999, 1e-8, 0.01, 3.0, maximize, amsgrad,
+               0.5 if sr else 1.0, sr, 1234), {}
+
+
+register(
+    OpSpec(
+        qualname="fasttrain::adamw_",
+        public=adamw_step_,
+        reference=reference.adamw_reference,
+        test="tests/ops/test_optim.py",
+        benchmark="benchmarks/bench_adamw.py",
+        samples=_adamw_samples,
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# SGD and Lion (fp32 only for now)
+
+_SGD = "fasttrain.ops.sgd_step_"
+_LION = "fasttrain.ops.lion_step_"
+_F32 = (torch.float32,)
+
+
+@torch.library.custom_op("fasttrain::sgd_", mutates_args=("param", "momentum_buffer"), device_types="cpu")
+def _sgd_op(param: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor | None, lr: float, momentum: float,
+            dampening: float, weight_decay: float, nesterov: bool, maximize: bool, first: bool) -> None:
+    _C.optim.sgd_f32_(param.data_ptr(), grad.data_ptr(), momentum_buffer.data_ptr() if momentum_buffer is not None else 0,
+                      param.numel(), lr, momentum, dampening, weight_decay, nesterov, maximize, first, num_threads())
+
+
+@_sgd_op.register_fake
+def _(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov, maximize, first):
+    return None
+
+
+@_sgd_op.register_kernel("cuda")
+def _(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov, maximize, first):
+    raise NotImplementedError(f"{_SGD}: no CUDA kernel yet; use torch.optim.SGD(fused=True) for CUDA parameters")
+
+
+@torch.no_grad()
+def sgd_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buffer: torch.Tensor | None = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    first: bool = False,
+) -> None:
+    """One SGD step in place, as torch.optim.SGD(foreach=False) computes it.
+
+    param, grad (, momentum_buffer): same numel, fp32, contiguous, one CPU device, disjoint.
+    momentum_buffer: required iff momentum != 0; first=True on the first step (the buffer becomes grad).
+    """
+    lr, momentum, dampening, weight_decay = (float(x) for x in (lr, momentum, dampening, weight_decay))
+    if not lr >= 0.0:
+        raise ValueError(f"{_SGD}: Invalid learning rate: {lr}")
+    if not momentum >= 0.0:
+        raise ValueError(f"{_SGD}: Invalid momentum value: {momentum}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"{_SGD}: Invalid weight_decay value: {weight_decay}")
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError(f"{_SGD}: Nesterov momentum requires a momentum and zero dampening")
+    if momentum != 0.0 and momentum_buffer is None:
+        raise ValueError(f"{_SGD}: momentum={momentum} needs `momentum_buffer` (an fp32 buffer like param)")
+    buf = momentum_buffer if momentum != 0.0 else None
+    _check_buffers(_SGD, {"param": param, "grad": grad, "momentum_buffer": buf}, dict.fromkeys(
+        ("param", "grad", "momentum_buffer"), _F32))
+    _sgd_op(param, grad, buf, lr, momentum, dampening, weight_decay, bool(nesterov), bool(maximize), bool(first))
+
+
+@torch.library.custom_op("fasttrain::lion_", mutates_args=("param", "exp_avg"), device_types="cpu")
+def _lion_op(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, lr: float, beta1: float, beta2: float,
+             weight_decay: float, maximize: bool) -> None:
+    _C.optim.lion_f32_(param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), param.numel(), lr, beta1, beta2,
+                       weight_decay, maximize, num_threads())
+
+
+@_lion_op.register_fake
+def _(param, grad, exp_avg, lr, beta1, beta2, weight_decay, maximize):
+    return None
+
+
+@_lion_op.register_kernel("cuda")
+def _(param, grad, exp_avg, lr, beta1, beta2, weight_decay, maximize):
+    raise NotImplementedError(f"{_LION}: no CUDA kernel yet; keep Lion's parameters on CPU")
+
+
+@torch.no_grad()
+def lion_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> None:
+    """One Lion step in place (fasttrain.ops.reference.lion_reference).
+
+    param, grad, exp_avg: same numel, fp32, contiguous, one CPU device, disjoint.
+    """
+    lr, beta1, beta2, weight_decay = (float(x) for x in (lr, beta1, beta2, weight_decay))
+    _check_hparams(_LION, lr, beta1, beta2, 0.0, weight_decay, 1.0)
+    _check_buffers(_LION, {"param": param, "grad": grad, "exp_avg": exp_avg}, dict.fromkeys(("param", "grad", "exp_avg"), _F32))
+    _lion_op(param, grad, exp_avg, lr, beta1, beta2, weight_decay, bool(maximize))
+
+
+def _sgd_samples():
+    g = torch.Generator().manual_seed(0)
+    for n, momentum, nesterov, first in ((1, 0.0, False, False), (7, 0.9, True, True), (4099, 0.9, False, False)):
+        p, gr, buf = (torch.randn(n, generator=g) for _ in range(3))
+        yield (p, gr, buf if momentum else None, 0.1, momentum, 0.0, 0.01, nesterov, False, first), {}
+
+
+def _lion_samples():
+    g = torch.Generator().manual_seed(0)
+    for n, maximize in ((1, False), (7, True), (4099, False)):
+        p, gr, m = (torch.randn(n, generator=g) for _ in range(3))
+        yield (p, gr, m, 1e-4, 0.9, 0.99, 0.1, maximize), {}
+
+
+register(OpSpec(qualname="fasttrain::sgd_", public=sgd_step_, reference=reference.sgd_reference,
+                test="tests/ops/test_optim_sgd_lion.py", benchmark="benchmarks/bench_sgd.py", samples=_sgd_samples))
+register(OpSpec(qualname="fasttrain::lion_", public=lion_step_, reference=reference.lion_reference,
+                test="tests/ops/test_optim_sgd_lion.py", benchmark="benchmarks/bench_lion.py", samples=_lion_samples))

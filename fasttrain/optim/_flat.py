@@ -1,0 +1,281 @@
+"""Flat storage shared by fasttrain's optimizers.
+
+At construction each param group's parameters are packed into one contiguous buffer (each
+parameter becomes a view of it, `p.data = flat[o:o + n].view_as(p)`), and `p.grad` is set to a view
+of a second flat buffer, which autograd then accumulates into in place. Optimizer states live in
+flat buffers too and `self.state[p]` holds views of them, so `state_dict()` looks exactly like
+torch.optim's. A step is then one kernel call per group over contiguous memory.
+
+What users can break, and what happens (checked at every step, cheap pointer comparisons):
+- `p.grad = t` (a new tensor) or `p.data = t`: detected; the new values are copied into the flat
+  slot and `p.grad` / `p.data` pointed back at it (one extra copy of that tensor, then the fused
+  path as usual). A new shape or dtype raises ValueError.
+- `p.grad = None` (or a group built from params that never got a grad): that parameter is skipped
+  this step, as in torch, and the group runs a per-tensor path (still the fused kernel, one call per
+  tensor, with per-parameter step counts) until the step counts agree again.
+- `zero_grad()` zeroes the flat gradient buffer in place and keeps the views (torch's default
+  `set_to_none=True` would detach them), so a parameter that gets no gradient from a backward pass is
+  updated with a zero gradient: torch's `zero_grad(set_to_none=False)` behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+__all__: list[str] = []
+
+# Offsets of each parameter in the flat buffers are rounded up to 16 elements (64 bytes) so every
+# tensor starts on a cache line; the padding is zero in every buffer and stays zero under the update.
+_ALIGN = 16
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+class _FlatGroup:
+    """The flat buffers of one param group. Buffers are 1-D of `total` elements."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = params
+        self.dtype = params[0].dtype
+        self.numels = [p.numel() for p in params]
+        self.offsets: list[int] = []
+        o = 0
+        for n in self.numels:
+            self.offsets.append(o)
+            o += _align(n)
+        self.total = o
+        dev = params[0].device
+        self.param_buf = torch.zeros(self.total, dtype=self.dtype, device=dev)
+        self.grad_buf = torch.zeros(self.total, dtype=self.dtype, device=dev)
+        self.param_views = self.views(self.param_buf)
+        self.grad_views = self.views(self.grad_buf)
+        with torch.no_grad():
+            for p, pv, gv in zip(params, self.param_views, self.grad_views):
+                pv.copy_(p.detach())
+                if p.grad is not None:
+                    gv.copy_(p.grad)
+                p.data = pv
+                p.grad = gv
+        self.pptrs = [v.data_ptr() for v in self.param_views]
+        self.gptrs = [v.data_ptr() for v in self.grad_views]
+        self.state_bufs: dict[str, torch.Tensor] = {}
+        self.state_views: dict[str, list[torch.Tensor]] = {}
+        self.steps = torch.zeros(len(params), dtype=torch.float32)
+        # The common step count of every parameter in the group, or None when they differ (then the
+        # group runs per tensor, each with its own count).
+        self.uniform_step: int | None = 0
+
+    def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        return [buf[o : o + n].view_as(p) for p, o, n in zip(self.params, self.offsets, self.numels)]
+
+    def state_buffer(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """The flat buffer of state `name` (zeros on first use); reallocated if its dtype changed."""
+        buf = self.state_bufs.get(name)
+        if buf is None or buf.dtype != dtype:
+            new = torch.zeros(self.total, dtype=dtype, device=self.param_buf.device)
+            if buf is not None:
+                new.copy_(buf)
+            self.state_bufs[name] = new
+            self.state_views[name] = self.views(new)
+        return self.state_bufs[name]
+
+    def refresh_uniform_step(self) -> None:
+        lo, hi = float(self.steps.min()), float(self.steps.max())
+        self.uniform_step = int(lo) if lo == hi and lo == int(lo) else None
+
+
+class _FlatOptimizer(torch.optim.Optimizer):
+    """torch.optim.Optimizer over flat per-group buffers. Subclasses define `_state_names(group)`,
+    `_check_group(group)` and `_update(group, fg, idx, steps)`."""
+
+    _flat: list[_FlatGroup]
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
+        self._flat = []
+        super().__init__(params, defaults)
+
+    # -- construction ------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        name = type(self).__name__
+        params = param_group["params"]
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif not isinstance(params, set):  # torch raises its own TypeError for sets
+            params = list(params)
+        devices = {p.device for p in params if isinstance(p, torch.Tensor)} if not isinstance(params, set) else set()
+        if len(devices) > 1:
+            raise ValueError(f"{name}: one param group holds parameters on {sorted(map(str, devices))}; "
+                             "put parameters of different devices in different groups")
+        seen: set[int] = set()
+        for i, p in enumerate(params if not isinstance(params, set) else []):
+            if not isinstance(p, torch.Tensor):
+                continue  # torch raises for non-tensors below
+            if id(p) in seen:
+                raise ValueError(f"{name}: parameter {i} of a param group appears twice; pass each parameter once "
+                                 "(deduplicate tied weights, e.g. list(dict.fromkeys(params)))")
+            seen.add(id(p))
+            if p.is_complex():
+                raise TypeError(f"{name}: parameter {i} is complex ({p.dtype}); complex parameters are not supported "
+                                "(store them as real views with torch.view_as_real)")
+            if p.layout != torch.strided:
+                raise TypeError(f"{name}: parameter {i} has layout {p.layout}; only dense parameters are supported")
+            if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise TypeError(f"{name}: parameter {i} has dtype {p.dtype}; supported: float32, bfloat16, float16")
+            if p.device.type != "cpu":
+                raise ValueError(f"{name}: parameter {i} is on {p.device}; only CPU parameters are supported so far "
+                                 "(the CUDA/Triton path is not implemented: use torch.optim.AdamW(fused=True) there)")
+            if not p.requires_grad:
+                raise ValueError(f"{name}: parameter {i} has requires_grad=False; pass only trainable parameters "
+                                 "(e.g. [p for p in model.parameters() if p.requires_grad])")
+            if p.grad is not None and p.grad.layout != torch.strided:
+                raise TypeError(f"{name}: parameter {i} has a sparse gradient; sparse gradients are not supported")
+        dtypes = {p.dtype for p in params if isinstance(p, torch.Tensor)} if not isinstance(params, set) else set()
+        if len(dtypes) > 1:
+            raise ValueError(f"{name}: one param group mixes dtypes {sorted(map(str, dtypes))}; put parameters of "
+                             "different dtypes in different groups (each group is one flat buffer)")
+        param_group = dict(param_group, params=params)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._check_group(group)
+        fg = _FlatGroup(group["params"]) if group["params"] else None
+        self._flat.append(fg)
+        if fg is not None:
+            self._attach_state(group, fg)
+
+    def _attach_state(self, group: dict[str, Any], fg: _FlatGroup) -> None:
+        for name in self._state_names(group):
+            fg.state_buffer(name, self._state_dtype(group, fg, name))
+        if "master" in self._state_names(group):  # masters start as the params' values
+            fg.state_bufs["master"].copy_(fg.param_buf)
+        for i, p in enumerate(fg.params):
+            st: dict[str, Any] = {"step": fg.steps[i]}
+            for name in self._state_names(group):
+                st[name] = fg.state_views[name][i]
+            self.state[p] = st
+
+    # -- hooks for subclasses ----------------------------------------------------------------
+    def _state_names(self, group: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def _state_dtype(self, group: dict[str, Any], fg: _FlatGroup, name: str) -> torch.dtype:
+        return torch.float32
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        pass
+
+    def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
+        """idx None: the whole flat group at steps[0]; else the listed parameters at their own steps."""
+        raise NotImplementedError
+
+    # -- the step ----------------------------------------------------------------------------
+    def _sync(self, fg: _FlatGroup) -> list[int]:
+        """Re-adopts swapped params/grads into the flat buffers; returns indices of params with no grad."""
+        name = type(self).__name__
+        missing = []
+        for i, p in enumerate(fg.params):
+            if p.data_ptr() != fg.pptrs[i] or p.shape != fg.param_views[i].shape:
+                d = p.data
+                if d.shape != fg.param_views[i].shape or d.dtype != fg.dtype or d.device != fg.param_buf.device:
+                    raise ValueError(f"{name}: parameter {i} was replaced by a tensor of shape {tuple(d.shape)}, {d.dtype} "
+                                     f"on {d.device}; the optimizer holds {tuple(fg.param_views[i].shape)} {fg.dtype}: "
+                                     "build a new optimizer after changing parameter shapes or dtypes")
+                fg.param_views[i].copy_(d)
+                p.data = fg.param_views[i]
+                if "master" in fg.state_bufs:  # a user-set value wins over the master
+                    fg.state_views["master"][i].copy_(d)
+            gr = p.grad
+            if gr is None:
+                missing.append(i)
+                fg.grad_views[i].zero_()  # a skipped parameter must not count in a global grad norm
+            elif gr.layout != torch.strided:
+                raise TypeError(f"{name}: parameter {i} has a {gr.layout} gradient; sparse gradients are not supported "
+                                "(use dense embeddings: nn.Embedding(sparse=False))")
+            elif gr.data_ptr() != fg.gptrs[i] or gr.shape != fg.grad_views[i].shape:
+                if gr.shape != p.shape or gr.is_complex():
+                    raise ValueError(f"{name}: the gradient of parameter {i} has shape {tuple(gr.shape)} ({gr.dtype}); "
+                                     f"expected {tuple(p.shape)}")
+                fg.grad_views[i].copy_(gr)
+                p.grad = fg.grad_views[i]
+        return missing
+
+    @torch.compiler.disable  # see AdamW.step
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, fg in zip(self.param_groups, self._flat):
+            if fg is None:
+                continue
+            missing = self._sync(fg)
+            if not missing and fg.uniform_step is not None:
+                step = fg.uniform_step + 1
+                self._update(group, fg, None, [float(step)])
+                fg.steps.add_(1.0)
+                fg.uniform_step = step
+            else:  # per-tensor fallback: torch semantics for params without a gradient
+                skip = set(missing)
+                idx = [i for i in range(len(fg.params)) if i not in skip]
+                for i in idx:
+                    fg.steps[i] += 1.0
+                steps = fg.steps.tolist()
+                self._update(group, fg, idx, [steps[i] for i in idx])
+                fg.refresh_uniform_step()
+        return loss
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zeroes the flat gradient buffers in place (whatever `set_to_none` says: dropping the views
+        would make the next backward allocate fresh, non-flat gradients) and re-attaches any
+        gradient that was swapped or set to None."""
+        for fg in self._flat:
+            if fg is None:
+                continue
+            fg.grad_buf.zero_()
+            for i, p in enumerate(fg.params):
+                if p.grad is None or p.grad.data_ptr() != fg.gptrs[i]:
+                    p.grad = fg.grad_views[i]
+
+    # -- state dicts -------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch.optim semantics; the loaded values are copied into the flat buffers (so the result
+        is identical to the saved optimizer's), and a torch.optim state dict of the same algorithm
+        loads too (missing states start at zero, as in a fresh optimizer). Saved values are taken
+        before torch's load casts them to the parameter dtype, so fp32 masters of bf16 params survive."""
+        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        ours = [p for g in self.param_groups for p in g["params"]]
+        raw = {p: state_dict["state"].get(pid, {}) for pid, p in zip(saved_ids, ours)}
+        super().load_state_dict(state_dict)
+        with torch.no_grad():
+            for group, fg in zip(self.param_groups, self._flat):
+                if fg is None:
+                    continue
+                self._check_group(group)
+                loaded = [raw.get(p, {}) for p in fg.params]
+                for i, st in enumerate(loaded):
+                    s = st.get("step")
+                    if s is None:  # torch.optim.SGD keeps no step count: a saved buffer means "not the first step"
+                        s = 1.0 if any(isinstance(v, torch.Tensor) for v in st.values()) else 0.0
+                    fg.steps[i] = float(s)
+                for name in self._state_names(group):
+                    fg.state_buffer(name, self._state_dtype(group, fg, name))
+                    for i, st in enumerate(loaded):
+                        v = st.get(name)
+                        view = fg.state_views[name][i]
+                        if v is not None:
+                            view.copy_(v.reshape(view.shape))
+                        elif name == "master":
+                            view.copy_(fg.param_views[i])
+                        else:
+                            view.zero_()
+                fg.refresh_uniform_step()
+                names = self._state_names(group)
+                for i, p in enumerate(fg.params):
+                    self.state[p] = {"step": fg.steps[i], **{n: fg.state_views[n][i] for n in names}}

@@ -1,0 +1,194 @@
+"""fasttrain.optim.AdamW: torch.optim.AdamW's algorithm and API, one fused pass per param group.
+
+The update is `fasttrain.ops.adamw_step_` (C++: OpenMP + AVX-512/AVX2/scalar) over the group's flat
+buffers (see fasttrain/optim/_flat.py for the storage and what happens when `.grad` or a parameter
+is swapped). Results match `torch.optim.AdamW(foreach=False)` to a few ulp per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from fasttrain.ops import get_total_norm
+from fasttrain.ops.optim import adamw_step_
+from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer
+
+__all__ = ["AdamW"]
+
+
+_STATE_DTYPES = {"fp32": torch.float32, "float32": torch.float32, torch.float32: torch.float32,
+                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, torch.bfloat16: torch.bfloat16}
+
+
+def _state_dtype_name(d: Any) -> str:
+    if d not in _STATE_DTYPES:
+        raise ValueError(f"Invalid state_dtype: {d!r}; use 'fp32' or 'bf16' (int8 states are not implemented yet)")
+    return "fp32" if _STATE_DTYPES[d] == torch.float32 else "bf16"
+
+
+def _scalar(x: Any) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class AdamW(_FlatOptimizer):
+    # GradScaler protocol: GradScaler.step() checks the grads for inf/NaN itself (one read pass, its
+    # own kernel), then sets `self.grad_scale` (the scale, or None if the user already called
+    # scaler.unscale_) and `self.found_inf` before calling step(). step() then skips the update if
+    # found_inf, and otherwise multiplies the grads by 1/scale inside the fused pass: no unscale pass.
+    _step_supports_amp_scaling = True
+
+    """AdamW (decoupled weight decay, Loshchilov & Hutter 2019), same arguments as torch.optim.AdamW.
+
+    params: iterable of CPU parameters that require grad (fp32, bf16 or fp16; one dtype per group), or
+    param-group dicts.
+    master_weights: for bf16/fp16 params, keep fp32 master weights inside the optimizer (state
+    "master"); the step updates the master and writes the rounded param in the same pass.
+    state_dtype: "fp32" (default) or "bf16" for exp_avg / exp_avg_sq (computed in fp32, stored bf16).
+    stochastic_rounding: bf16 params without masters: round each updated param stochastically
+    (unbiased, so updates smaller than a bf16 ulp still move the weights on average).
+    max_grad_norm: clip to this global 2-norm over all groups (torch.nn.utils.clip_grad_norm_'s
+    arithmetic): one norm pass over the flat grads (fasttrain.ops.get_total_norm), then the clip
+    coefficient is folded into the update pass; the grads themselves are left unclipped. The norm
+    before clipping is kept in `last_grad_norm` (0-dim fp32 tensor).
+    lr may be a float or a 1-element tensor (read once per step). `foreach` and `fused` are accepted
+    for drop-in compatibility and ignored (this optimizer is always fused); `capturable` and
+    `differentiable` are not supported (ValueError).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        master_weights: bool = False,
+        state_dtype: str | torch.dtype = "fp32",
+        stochastic_rounding: bool = False,
+        max_grad_norm: float | None = None,
+    ):
+        # Same checks and messages as torch.optim.AdamW.
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= _scalar(lr):
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if max_grad_norm is not None and not float(max_grad_norm) > 0.0:
+            raise ValueError(f"Invalid max_grad_norm: {max_grad_norm}; use a positive number, or None for no clipping")
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.last_grad_norm: torch.Tensor | None = None
+        self._grad_mul = 1.0
+        if capturable or differentiable:
+            raise ValueError("fasttrain.optim.AdamW: capturable=True and differentiable=True are not supported; "
+                             "use torch.optim.AdamW for those modes")
+        del foreach, fused  # always fused; the keys are kept (as None) so state dicts load into torch.optim.AdamW
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                        foreach=None, capturable=False, differentiable=False, fused=None,
+                        master_weights=bool(master_weights), state_dtype=_state_dtype_name(state_dtype),
+                        stochastic_rounding=bool(stochastic_rounding))
+        super().__init__(params, defaults)
+
+    # torch.compile runs the step eagerly (one graph break, like torch's own optimizers outside
+    # compiled-optimizer mode): it is a few pointer checks and one C++ call per group, so there is
+    # nothing for the compiler to fuse, and tracing it would only recompile on every lr change.
+    @torch.compiler.disable
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Set by torch.amp.GradScaler.step (see _step_supports_amp_scaling). Reading a CPU scalar
+        # is not a device sync; the CUDA path, when it exists, must keep these on the device.
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return loss  # skipped, as torch's fused optimizers do: no state or step count changes
+        grad_scale = getattr(self, "grad_scale", None)
+        mul = 1.0 / float(grad_scale) if grad_scale is not None else 1.0
+        if self.max_grad_norm is not None:
+            flats = [fg for fg in self._flat if fg is not None]
+            for fg in flats:
+                self._sync(fg)  # swapped grads must count in the norm
+            norm = get_total_norm([fg.grad_buf for fg in flats]) * mul if flats else torch.zeros(())
+            self.last_grad_norm = norm
+            # torch's clip arithmetic: coef = max_norm / (norm + 1e-6), clamped to 1 (NaN propagates)
+            coef = float(torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))
+            mul *= coef
+        self._grad_mul = mul
+        try:
+            super().step()
+        finally:
+            self._grad_mul = 1.0
+        return loss
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        lr, (b1, b2), eps, wd = _scalar(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not (0.0 <= _scalar(b1) < 1.0 and 0.0 <= _scalar(b2) < 1.0):
+            raise ValueError(f"Invalid beta parameters: {group['betas']}; both must be in [0, 1)")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= wd:
+            raise ValueError(f"Invalid weight_decay value: {wd}")
+        group["state_dtype"] = _state_dtype_name(group.get("state_dtype", "fp32"))
+        group.setdefault("master_weights", False)
+        group.setdefault("stochastic_rounding", False)
+        dtype = group["params"][0].dtype if group["params"] else torch.float32
+        if group["stochastic_rounding"] and (dtype != torch.bfloat16 or group["master_weights"]):
+            raise ValueError(f"stochastic_rounding=True needs bfloat16 params without master weights (got {dtype} params"
+                             f"{', master_weights=True' if group['master_weights'] else ''}): with masters the rounding "
+                             "error does not accumulate, and fp16/fp32 params round to nearest")
+
+    def _state_dtype(self, group: dict[str, Any], fg: _FlatGroup, name: str) -> torch.dtype:
+        return torch.float32 if name == "master" else _STATE_DTYPES[group["state_dtype"]]
+
+    def _state_names(self, group: dict[str, Any]) -> list[str]:
+        names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        low = group["params"] and group["params"][0].dtype != torch.float32
+        return names + (["master"] if group.get("master_weights") and low else [])
+
+    def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
+        b1, b2 = group["betas"]
+        kw = dict(lr=_scalar(group["lr"]), beta1=_scalar(b1), beta2=_scalar(b2), eps=group["eps"],
+                  weight_decay=group["weight_decay"], maximize=group["maximize"], amsgrad=group["amsgrad"],
+                  grad_scale=self._grad_mul)
+        if not 0.0 <= kw["lr"]:  # a scheduler or a user may have set it since construction
+            raise ValueError(f"Invalid learning rate: {kw['lr']}")
+        amsgrad = group["amsgrad"]
+        if amsgrad:
+            fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))
+        sr = bool(group["stochastic_rounding"])
+        gi = next(i for i, f in enumerate(self._flat) if f is fg)
+        if idx is None:
+            b = fg.state_bufs
+            # A new noise stream per step and group (never reused: the same bits every step would bias).
+            seed = (int(steps[0]) * 0x9E3779B1 + gi * 0x85EBCA77) & 0xFFFFFFFF
+            adamw_step_(fg.param_buf, fg.grad_buf, b["exp_avg"], b["exp_avg_sq"], b.get("max_exp_avg_sq"), step=steps[0],
+                        master=b.get("master"), stochastic_rounding=sr, seed=seed, **kw)
+            return
+        sv = fg.state_views
+        for i, s in zip(idx, steps):
+            p = fg.params[i]
+            mx = sv["max_exp_avg_sq"][i] if amsgrad else None
+            master = sv["master"][i] if "master" in sv else None
+            seed = (int(s) * 0x9E3779B1 + gi * 0x85EBCA77 + (fg.offsets[i] << 8)) & 0xFFFFFFFF
+            adamw_step_(fg.param_views[i], p.grad, sv["exp_avg"][i], sv["exp_avg_sq"][i], mx, step=s, master=master,
+                        stochastic_rounding=sr, seed=seed, **kw)
