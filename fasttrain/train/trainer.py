@@ -102,6 +102,7 @@ class Trainer:
         self.model = model.to(device=self.device, dtype=self.precision.params)
         self.loss_fn, self.max_epochs, self.max_steps = loss_fn, max_epochs, max_steps
         self.grad_accum, self.clip_grad_norm, self.log_every = grad_accum, clip_grad_norm, log_every
+        self._clip_in_optimizer = False
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every, self.keep_last_k, self.compile, self.seed = checkpoint_every, keep_last_k, compile, seed
         self.batch_size, self.verbose = batch_size, verbose
@@ -132,6 +133,10 @@ class Trainer:
                 raise ValueError(f"Trainer: unknown optimizer {optimizer!r}; use one of {', '.join(classes)}, "
                                  "a torch.optim.Optimizer or a callable(params)")
             kw = dict(kwargs)
+            if self.clip_grad_norm is not None and optimizer == "adamw":
+                # Folded into the fused update: one norm pass, no separate rescale pass.
+                kw.setdefault("max_grad_norm", self.clip_grad_norm)
+                self._clip_in_optimizer = True
             if self.precision.master_weights:
                 kw.setdefault("master_weights", True)
             if self.precision.optimizer_state != torch.float32:
@@ -260,9 +265,9 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         with self.timers("optimizer"):
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            if self.clip_grad_norm is not None:
+            if self.clip_grad_norm is not None and not self._clip_in_optimizer:
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)  # clip the true gradients
                 clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)

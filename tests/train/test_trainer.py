@@ -140,10 +140,12 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_no_host_sync_between_log_points(digits):
+@pytest.mark.parametrize("optimizer", ["torch-sgd"])
+def test_no_host_sync_between_log_points(digits, optimizer):
     train, _ = digits
     steps, log_every = 40, 10
-    t = fasttrain.Trainer(digits_mlp(16), optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1), loss_fn=CE,
+    opt = optimizer if optimizer == "adamw" else (lambda ps: torch.optim.SGD(ps, lr=0.1))
+    t = fasttrain.Trainer(digits_mlp(16), optimizer=opt, loss_fn=CE,
                           max_steps=steps, log_every=log_every, clip_grad_norm=1.0, loggers=None, verbose=False)
     with SyncCounter() as counter:
         t.fit(train)
