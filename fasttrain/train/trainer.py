@@ -160,7 +160,9 @@ class Trainer:
 
     def _to_device(self, batch):
         if isinstance(batch, torch.Tensor):
-            return batch.to(self.device, non_blocking=True)
+            # "true" low precision: float inputs take the params' dtype (no autocast converts them)
+            dtype = self.precision.params if batch.is_floating_point() and not self.precision.autocast else None
+            return batch.to(self.device, dtype=dtype, non_blocking=True)
         if isinstance(batch, dict):
             return {k: self._to_device(v) for k, v in batch.items()}
         if isinstance(batch, (list, tuple)):

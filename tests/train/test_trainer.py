@@ -203,3 +203,18 @@ def test_predict_returns_logits(digits):
     t = fasttrain.Trainer(digits_mlp(8), optimizer=adamw(), loss_fn=CE, max_steps=1, loggers=None, verbose=False)
     out = t.predict(val[0])
     assert out.shape == (len(val[0]), 10)
+
+
+def _digits_acc(digits, **kw):
+    train, val = digits
+    torch.manual_seed(0)
+    t = fasttrain.Trainer(digits_mlp(), loss_fn=CE, max_epochs=15, loggers=None, verbose=False, **kw)
+    t.fit(train, val_data=val)
+    return t.validate(val)["val_acc"]
+
+
+def test_default_fused_adamw_trains_digits_and_bf16_true_matches_fp32(digits):
+    fp32 = _digits_acc(digits)  # optimizer="adamw": fasttrain's fused AdamW
+    bf16_true = _digits_acc(digits, precision="bf16-true")  # bf16 params, fp32 masters in the optimizer
+    assert fp32 >= 0.95
+    assert abs(bf16_true - fp32) <= 0.01
