@@ -283,6 +283,7 @@ def int4_weight_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.T
     bias: (N,) fp32 or None. Returns (..., N) in x's dtype.
     """
     x2 = _as_2d("fasttrain.ops.int4_weight_linear", x)
+    _check_group_size("fasttrain.ops.int4_weight_linear", group_size)  # before the dispatcher's own type error
     return _int4_weight_op(x2, w_packed, w_scale, group_size, bias).reshape(*x.shape[:-1], w_packed.shape[0])
 
 
