@@ -57,6 +57,9 @@ void int8_dynamic_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const
   std::vector<uint8_t> xq(static_cast<size_t>(M * Kp));
   std::vector<float> sx(static_cast<size_t>(M));
   const uint8_t offset = t.xq_unsigned ? 128 : 0;
+  const int64_t blocks = (N + kBlockN - 1) / kBlockN;
+  // One parallel region for both phases: at batch 1 a layer is ~0.1 ms of work, and on a loaded box every
+  // extra fork/join is a thread wake-up that can cost more than the layer.
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> row(static_cast<size_t>(Kp));
@@ -75,10 +78,11 @@ void int8_dynamic_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const
         q[k] = uint8_t(int8_t(v)) + offset;  // u8 = q + 128 for VNNI (wraps correctly), else the s8 bits
       }
     }
+    // (the implicit barrier of the loop above publishes xq and sx to every thread)
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b)
+      t.int8_dyn(xq.data(), sx.data(), w, sw, wsum, bias, y, M, N, Kp, b * kBlockN, std::min(N, (b + 1) * kBlockN));
   }
-  over_channels(N, threads, [&](int64_t n0, int64_t n1) {
-    t.int8_dyn(xq.data(), sx.data(), w, sw, wsum, bias, y, M, N, Kp, n0, n1);
-  });
 }
 
 void int8_weight_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const int8_t* w, const float* sw,
