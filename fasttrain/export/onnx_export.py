@@ -125,6 +125,8 @@ def _quiet_exporter():
 def _export_fp32(model, example: tuple[torch.Tensor, ...], path: Path, opset: int | None,
                  exporter: str) -> tuple[str, str]:
     names = [f"input_{i}" for i in range(len(example))] if len(example) > 1 else ["input"]
+    # torch.export specializes size-1 dimensions, so a batch-1 example would pin the batch to 1: trace on 2.
+    example = tuple(t.expand(2, *t.shape[1:]).contiguous() if t.dim() and t.shape[0] == 1 else t for t in example)
     tmp = temp_path_for(path)
     note = ""
     if exporter in ("auto", "dynamo"):

@@ -37,6 +37,7 @@ def test_export_command_writes_verified_artifacts(tmp_path, capsys, mode):
     assert "PASSED" in out and "top-1 agreement" in out
     report = read_json_checked(tmp_path / "m.report.json")
     assert report["validation_samples"] == 172 and report["quantize"] == mode
+    assert report["exporter"] == "dynamo", report["exporter_note"]  # a batch-1 input_shape still exports dynamically
     assert report["calibration_batches"] == (2 if mode == "static" else 0)
     assert (tmp_path / "m.int8.onnx").is_file()
 
