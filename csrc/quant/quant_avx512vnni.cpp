@@ -12,6 +12,19 @@
 namespace ft::quant::avx512vnni {
 namespace {
 
+// Horizontal sums of four accumulators at once (~13 instructions instead of 4 x 8): interleave pairs
+// within 128-bit lanes, add, then fold the four lanes. At K = 1024 the per-output reductions would
+// otherwise cost a third as much as the dot products.
+inline void dot4(const __m512i a[4], int32_t out[4]) {
+  const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+  const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+  // Each 128-bit lane now holds [a0, a1, a2, a3] partial sums.
+  const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+  const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), q);
+}
+
 template <int MR, int NR>
 inline void dyn_tile(const uint8_t* x, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
                      const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t n0) {
@@ -26,12 +39,18 @@ inline void dyn_tile(const uint8_t* x, const float* sx, const int8_t* w, const f
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[j]);
     }
   }
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MR; ++i) {
+    int32_t dot[NR];
+    if constexpr (NR == 4) {
+      dot4(acc[i], dot);
+    } else {
+      for (int j = 0; j < NR; ++j) dot[j] = _mm512_reduce_add_epi32(acc[i][j]);
+    }
     for (int j = 0; j < NR; ++j) {
       const int64_t n = n0 + j;
-      const int32_t dot = _mm512_reduce_add_epi32(acc[i][j]) - 128 * wsum[n];
-      y[(m0 + i) * N + n] = float(dot) * (sx[m0 + i] * sw[n]) + (bias ? bias[n] : 0.0f);
+      y[(m0 + i) * N + n] = float(dot[j] - 128 * wsum[n]) * (sx[m0 + i] * sw[n]) + (bias ? bias[n] : 0.0f);
     }
+  }
 }
 
 void int8_dyn(const void* xq, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
