@@ -89,6 +89,9 @@ def mlp_setup(request, tmp_path_factory):
     quantize_dynamic(str(d / "dyn.onnx"), str(d / "ort_own.int8.onnx"), weight_type=QuantType.QInt8)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = num_threads(), 1
+    # ORT's pool spin-waits after every run by default; interleaved with torch / fasttrain (OpenMP) on 2
+    # cores, that spinning steals the core the next candidate needs (seen: 20-40x slowdowns of the others).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     for name, path in [("ort_fp32", dyn.fp32_path), ("ort_int8", d / "ort_own.int8.onnx"),
                        ("export_dynamic", dyn.quantized_path), ("export_static", sta.quantized_path)]:
         setup["ort"][name] = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
