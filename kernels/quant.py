@@ -5,7 +5,7 @@ devices. Each program computes a (BLOCK_M, BLOCK_N) output tile, walking K in BL
   int8 weight-only: dequantize the int8 tile to fp32 in registers, tl.dot in fp32, scale per channel at the end;
   int8 dynamic:     activations quantized per token (torch ops on the device, no host sync), int8 tl.dot
                     with int32 accumulation, both scales applied at the end;
-  int4 weight-only: gather each value's nibble (byte (k // 32) * 16 + k % 16, high nibble for k % 32 >= 16),
+  int4 weight-only: activations rounded to bf16 (as on CPU), gather each value's nibble (byte (k // 32) * 16 + k % 16, high nibble for k % 32 >= 16),
                     subtract 8, multiply by its group's scale, tl.dot in fp32.
 Inputs are validated by fasttrain.ops.quant; call these directly only with checked tensors.
 """
@@ -106,7 +106,8 @@ def int4_weight_linear(x, w_packed, w_scale, group_size, bias=None):
     """x: (M, K); w_packed: (N, Kp / 2) uint8; w_scale: (N, Kp / group_size) fp32/bf16 -> (M, N) x.dtype."""
     M, N, Kp = x.shape[0], w_packed.shape[0], 2 * w_packed.shape[1]
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
-    _w4_kernel[_grid(M, N)](_pad(x, Kp), w_packed, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
+    xr = x.to(torch.bfloat16).float()  # activations rounded to bf16, as the C++ kernels (exact products)
+    _w4_kernel[_grid(M, N)](_pad(xr, Kp), w_packed, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
                             Kp // group_size, GROUP=group_size, HAS_BIAS=bias is not None, BM=BLOCK_M, BN=BLOCK_N,
                             BK=BLOCK_K)
     return y.to(x.dtype)

@@ -28,8 +28,10 @@ using Int8DynFn = void (*)(const void* xq, const float* sx, const int8_t* w, con
 using W8Fn = void (*)(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t M,
                       int64_t N, int64_t Kp, int64_t n0, int64_t n1);
 // y[m, n] = sum_g s[n, g] * (sum_{k in g} x[m, k] u[n, k] - 8 * xg[m, g]) + bias[n], u = q + 8 the stored
-// nibble and xg[m, g] the sum of x over group g (precomputed once per call, shared by all N).
-using W4Fn = void (*)(const float* x, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
+// nibble and xg[m, g] the sum of x over group g (precomputed once per call, shared by all N). x is rounded
+// to bf16 by the driver (every path sees the same values); xb holds the same values as bf16 bits for the
+// AVX-512 BF16 kernel, whose vdpbf16ps then multiplies exactly and accumulates in fp32.
+using W4Fn = void (*)(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
                       const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1);
 
 struct Table {
@@ -43,7 +45,7 @@ struct Table {
 namespace scalar { const Table& table(); }
 #if FT_X86
 namespace avx2 { const Table& table(); }
-namespace avx512vnni { const Table& table(); }
+namespace avx512vnni { const Table& table(bool bf16); }  // bf16: int4 through vdpbf16ps
 #endif
 
 namespace {  // internal linkage: every ISA file instantiates these with its own flags

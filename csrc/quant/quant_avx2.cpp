@@ -127,8 +127,9 @@ inline void w4_tile(const float* x, const float* xg, const uint8_t* w, const voi
     for (int j = 0; j < NR; ++j) y[(m0 + i) * N + n0 + j] = total[i][j] + (bias ? bias[n0 + j] : 0.0f);
 }
 
-void w4(const float* x, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
+void w4(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
         const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
+  (void)xb;  // the bf16 copy of x is for the AVX-512 BF16 kernel; x holds the same (bf16-rounded) values
   for_tiles<1, 2>(M, n0, n1, [&](auto mr, auto nr, int64_t m0, int64_t nn) {
     w4_tile<decltype(mr)::value, decltype(nr)::value>(x, xg, w, s, s_bf16, group, bias, y, N, Kp, m0, nn);
   });

@@ -148,8 +148,9 @@ inline void w4_tile(const float* x, const float* xg, const uint8_t* w, const voi
     }
 }
 
-void w4(const float* x, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
-        const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
+void w4_f32(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16,
+            int64_t group, const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
+  (void)xb;
   auto body = [&](auto mr, auto nr, int64_t m0, int64_t nn) {
     w4_tile<decltype(mr)::value, decltype(nr)::value>(x, xg, w, s, s_bf16, group, bias, y, N, Kp, m0, nn);
   };
@@ -159,11 +160,81 @@ void w4(const float* x, const float* xg, const uint8_t* w, const void* s, bool s
   else for_tiles<4, 2>(M, n0, n1, body);
 }
 
+// int4 through AVX-512 BF16: one vdpbf16ps does 32 multiply-adds (exact bf16 products, fp32 sums), and the
+// nibbles become bf16 with a table lookup instead of two int->float converts, about 5 instructions per 32
+// weights instead of 7 plus half the FMAs. The 16 bytes of a block are broadcast to both halves of a
+// 32-word vector, the upper half shifted right by 4, and vpermw maps each word's low 5 bits through a
+// 32-entry table whose entry i is bf16(i & 15): the low half thereby ignores the high nibble's bit 4.
+alignas(64) const uint16_t kNibbleBf16[32] = {
+    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150,
+    0x4160, 0x4170, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0x4100, 0x4110, 0x4120, 0x4130,
+    0x4140, 0x4150, 0x4160, 0x4170};
+
+inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
+
+template <int MR, int NR>
+inline void w4bf_tile(const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16,
+                      int64_t group, const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t n0) {
+  const int64_t G = Kp / group, row_bytes = Kp / 2;
+  const __m512i lut = _mm512_load_si512(kNibbleBf16);
+  const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+  __m512 facc[MR][NR];
+  float corr[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) facc[i][j] = _mm512_setzero_ps(), corr[i][j] = 0.0f;
+  for (int64_t g = 0; g < G; ++g) {
+    // Two accumulators per output (even / odd blocks): vdpbf16ps has a long latency.
+    __m512 acc[2][MR][NR];
+    for (int u = 0; u < 2; ++u)
+      for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j) acc[u][i][j] = _mm512_setzero_ps();
+    for (int64_t b = g * group; b < (g + 1) * group; b += 64) {
+      for (int u = 0; u < 2; ++u) {
+        const int64_t bb = b + 32 * u;
+        __m512i wv[NR];
+        for (int j = 0; j < NR; ++j) {
+          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (n0 + j) * row_bytes + bb / 2));
+          const __m512i words = _mm512_srlv_epi16(_mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(bytes)), shift);
+          wv[j] = _mm512_permutexvar_epi16(words, lut);
+        }
+        for (int i = 0; i < MR; ++i) {
+          const __m512i xv = _mm512_loadu_si512(xb + (m0 + i) * Kp + bb);
+          for (int j = 0; j < NR; ++j) acc[u][i][j] = _mm512_dpbf16_ps(acc[u][i][j], as_bh(xv), as_bh(wv[j]));
+        }
+      }
+    }
+    for (int j = 0; j < NR; ++j) {
+      const float sc = load_scale(s, (n0 + j) * G + g, s_bf16);
+      const __m512 sv = _mm512_set1_ps(sc);
+      for (int i = 0; i < MR; ++i) {
+        facc[i][j] = _mm512_fmadd_ps(sv, _mm512_add_ps(acc[0][i][j], acc[1][i][j]), facc[i][j]);
+        corr[i][j] += sc * xg[(m0 + i) * G + g];
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const int64_t n = n0 + j;
+      y[(m0 + i) * N + n] = _mm512_reduce_add_ps(facc[i][j]) - 8.0f * corr[i][j] + (bias ? bias[n] : 0.0f);
+    }
+}
+
+void w4_bf16(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16,
+             int64_t group, const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
+  (void)x;
+  auto body = [&](auto mr, auto nr, int64_t m0, int64_t nn) {
+    w4bf_tile<decltype(mr)::value, decltype(nr)::value>(xb, xg, w, s, s_bf16, group, bias, y, N, Kp, m0, nn);
+  };
+  if (M == 1) for_tiles<1, 4>(M, n0, n1, body);
+  else for_tiles<4, 2>(M, n0, n1, body);
+}
+
 }  // namespace
 
-const Table& table() {
-  static const Table t{"avx512vnni", true, int8_dyn, w8, w4};
-  return t;
+const Table& table(bool bf16) {
+  static const Table with_bf16{"avx512vnni", true, int8_dyn, w8, w4_bf16};
+  static const Table without{"avx512vnni", true, int8_dyn, w8, w4_f32};
+  return bf16 ? with_bf16 : without;
 }
 
 }  // namespace ft::quant::avx512vnni

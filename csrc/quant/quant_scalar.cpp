@@ -33,8 +33,9 @@ void w8(const float* x, const int8_t* w, const float* sw, const float* bias, flo
   }
 }
 
-void w4(const float* x, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
+void w4(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
         const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
+  (void)xb;  // the bf16 copy of x is for the AVX-512 BF16 kernel; x holds the same (bf16-rounded) values
   const int64_t G = Kp / group;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* wr = w + n * (Kp / 2);

@@ -9,6 +9,10 @@ group of `group_size` inputs (scale = max|w_group| / 7, values in [-8, 7]). Pack
 group_size); `group_size` must be a multiple of 64. So a K that is not a multiple of the group size
 is padded, never rejected; the activations keep their width K.
 
+int4_weight_linear rounds the activations to bf16 (round to nearest even) before the dot product, on every
+path: the products bf16 x int4 are then exact in fp32, which lets AVX-512 BF16 CPUs use vdpbf16ps (32
+multiply-adds per instruction). The rounding error (2^-9 relative) is ~30 dB below int4's own.
+
 CPU tensors run the C++ kernels (fasttrain._C.quant: AVX-512 VNNI / AVX2 / scalar, GEMV for batch 1 and
 register-tiled GEMM for larger batches, OpenMP over output channels); CUDA tensors run the Triton
 kernels in fasttrain.kernels.quant.
@@ -277,7 +281,7 @@ def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor
 
 def int4_weight_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int = 128,
                        bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Linear layer with groupwise int4 weights (fp32 or bf16 scales) and fp32 arithmetic.
+    """Linear layer with groupwise int4 weights (fp32 or bf16 scales): bf16-rounded activations, fp32 sums.
 
     x: (..., K) fp32/bf16 contiguous; w_packed, w_scale from quantize_int4_weight(weight, group_size);
     bias: (N,) fp32 or None. Returns (..., N) in x's dtype.

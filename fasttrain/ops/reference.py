@@ -134,10 +134,11 @@ def int4_weight_linear_reference(
     x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int,
     bias: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """y = x @ dequant(w)^T + bias in `dtype`. x: (M, K); w_packed: (N, Kp / 2) uint8; w_scale: (N, G) fp32/bf16."""
+    """y = bf16(x) @ dequant(w)^T + bias in `dtype`. x: (M, K); w_packed: (N, Kp / 2) uint8; w_scale: (N, G)
+    fp32/bf16. The activations are rounded to bf16 first, as the kernels do (see fasttrain.ops.quant)."""
     K = x.shape[-1]
     w = dequantize_int4_reference(w_packed, w_scale, group_size)[:, :K].to(dtype)
-    y = x.to(dtype) @ w.T
+    y = x.to(torch.bfloat16).to(dtype) @ w.T
     if bias is not None:
         y = y + bias.to(dtype)
     return y
