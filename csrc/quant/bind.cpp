@@ -31,6 +31,8 @@ void bind_quant(py::module_ m) {
   m.def("kernel_path", [] { return std::string(ft::quant::table().name); },
         "Which quant kernels the current ISA selection runs: avx512vnni | avx2 | scalar.");
   m.attr("align_k") = ft::quant::kAlignK;
+  m.def("allow_bf16", &ft::quant::allow_bf16, py::arg("on"),
+        "Testing hook: False makes int4 use the fp32 AVX-512 kernel on CPUs with AVX-512 BF16.");
 
   m.def(
       "int8_dynamic_linear",

@@ -5,6 +5,7 @@
 
 #include <omp.h>
 
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -25,10 +26,12 @@ bool has_vnni() {
 #endif
 }
 
+std::atomic<bool> g_allow_bf16{true};  // tests switch it off to run the fp32 int4 kernel on BF16 CPUs
+
 bool has_avx512bf16() {
 #if FT_X86
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16");
+  return g_allow_bf16.load(std::memory_order_relaxed) && __builtin_cpu_supports("avx512bf16");
 #else
   return false;
 #endif
@@ -49,6 +52,8 @@ void over_channels(int64_t N, int threads, F&& f) {
 }
 
 }  // namespace
+
+void allow_bf16(bool on) { g_allow_bf16.store(on, std::memory_order_relaxed); }
 
 const Table& table() {
   switch (current_isa()) {

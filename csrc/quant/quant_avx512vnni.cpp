@@ -232,7 +232,7 @@ void w4_bf16(const float* x, const uint16_t* xb, const float* xg, const uint8_t*
 }  // namespace
 
 const Table& table(bool bf16) {
-  static const Table with_bf16{"avx512vnni", true, int8_dyn, w8, w4_bf16};
+  static const Table with_bf16{"avx512vnni+bf16", true, int8_dyn, w8, w4_bf16};
   static const Table without{"avx512vnni", true, int8_dyn, w8, w4_f32};
   return bf16 ? with_bf16 : without;
 }

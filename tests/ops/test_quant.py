@@ -84,7 +84,7 @@ def test_int8_weight_matches_reference(isa, M, K, N, dtype):
 @pytest.mark.parametrize("K,N", KN)
 @pytest.mark.parametrize("group_size", [64, 128])
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_int4_weight_matches_reference(isa, M, K, N, group_size, scale_dtype):
+def test_int4_weight_matches_reference(int4_kernel, M, K, N, group_size, scale_dtype):
     x, w, b = make(M, K, N)
     w_packed, w_scale = quantize_int4_weight(w, group_size, scale_dtype)
     Kp = -(-K // group_size) * group_size
@@ -95,7 +95,7 @@ def test_int4_weight_matches_reference(isa, M, K, N, group_size, scale_dtype):
     fp_tolerance(ours.double() - ref64, ref32, ref64)
 
 
-def test_int4_bf16_activations(isa):
+def test_int4_bf16_activations(int4_kernel):
     x, w, b = make(7, 130, 5)
     w_packed, w_scale = quantize_int4_weight(w, 64)
     ours = int4_weight_linear(x.bfloat16(), w_packed, w_scale, 64, b)
@@ -153,8 +153,16 @@ def test_sqnr_against_unquantized(isa, scheme, min_db):
 
 
 def test_every_isa_path_is_exercised(isa):
-    expected = {"avx512": {"avx512vnni", "avx2"}, "avx2": {"avx2"}, "scalar": {"scalar"}}[isa]
+    expected = {"avx512": {"avx512vnni+bf16", "avx512vnni", "avx2"}, "avx2": {"avx2"}, "scalar": {"scalar"}}[isa]
     assert _C.quant.kernel_path() in expected
+
+
+@pytest.fixture(params=["bf16", "fp32"])
+def int4_kernel(request, isa):
+    """On AVX-512 BF16 CPUs, runs the int4 tests through both the vdpbf16ps kernel and the fp32 one."""
+    _C.quant.allow_bf16(request.param == "bf16")
+    yield request.param
+    _C.quant.allow_bf16(True)
 
 
 # ---- bad input --------------------------------------------------------------------------------------
