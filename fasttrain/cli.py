@@ -4,6 +4,8 @@
     fasttrain demo [--seconds S]   train a byte-level GPT on the stdlib source, sample, export to int8 ONNX
     fasttrain bench [--seconds S]  the fused clip_grad_norm_ against torch, same run
     fasttrain train --config F     train from a TOML run file (see fasttrain/train/config.py)
+    fasttrain export --checkpoint PATH [--quantize dynamic|static] [--calib N] [--out PATH]
+                                   verified ONNX export (checkpoint contract: fasttrain/export/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -72,6 +74,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer.fit(train_data, val_data=val_data, resume=args.resume)
     if val_data is not None:
         print(" ".join(f"{k}={v:.4f}" for k, v in trainer.validate(val_data).items()))
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from fasttrain.export import QuantizationRejected
+    from fasttrain.export import onnx as export_onnx
+    from fasttrain.export.checkpoint import build_model, load_checkpoint
+
+    if args.calib < 1:
+        raise SystemExit("fasttrain export: --calib must be a positive number of samples")
+    try:
+        doc = load_checkpoint(args.checkpoint)
+        model = build_model(doc)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(f"fasttrain export: {e}") from None
+    shape = list(doc["input_shape"])
+    inputs = doc.get("inputs")
+    if inputs is None:
+        # No representative inputs in the checkpoint: N(0, 1) stands in, and the report says so.
+        print("fasttrain export: the checkpoint has no `inputs`; calibrating and validating on N(0, 1) samples "
+              "(add representative inputs to the checkpoint for a meaningful check)")
+        g = torch.Generator().manual_seed(0)
+        inputs = torch.randn([2 * args.calib, *shape[1:]], generator=g)
+    calib = inputs[: args.calib]
+    val = inputs[args.calib:] if len(inputs) > args.calib else inputs
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    try:
+        export_onnx(model, torch.zeros(shape), out, quantize=args.quantize, calibration=calib.split(args.batch),
+                    validation=val.split(args.batch), min_sqnr_db=args.min_sqnr_db,
+                    min_top1_agreement=args.min_top1_agreement)
+    except QuantizationRejected as e:
+        print(f"fasttrain export: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -96,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="path to the run's TOML file")
     p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, optionally int8, and verify it")
+    p.add_argument("--checkpoint", required=True, help="a fasttrain checkpoint (see fasttrain/export/checkpoint.py)")
+    p.add_argument("--quantize", choices=["dynamic", "static"], default=None, help="int8 quantization (default: none)")
+    p.add_argument("--calib", type=int, default=256, help="calibration samples taken from the checkpoint's inputs")
+    p.add_argument("--batch", type=int, default=64, help="batch size for calibration and validation (default: 64)")
+    p.add_argument("--out", default=None, help="output .onnx path (default: the checkpoint path with .onnx)")
+    p.add_argument("--min-sqnr-db", type=float, default=20.0, help="reject the int8 artifact below this SQNR")
+    p.add_argument("--min-top1-agreement", type=float, default=0.99, help="reject below this top-1 agreement")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 from _subprocess import run_python
@@ -20,7 +21,7 @@ def test_bench_small_prints_ratios(capsys):
     assert len(rows) == 4
     for row in rows:
         speedup = float(row.split()[4].rstrip("x"))
-        assert speedup > 0
+        assert speedup > 0 or math.isnan(speedup)  # NaN: the box's noise exceeded the op time (reported as such)
 
 
 @pytest.mark.parametrize("cmd", ["demo", "bench"])

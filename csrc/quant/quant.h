@@ -1,0 +1,91 @@
+// Quantized linear kernels: torch-free, raw pointers, one file per ISA.
+//
+// Layouts (produced by fasttrain.ops.quant's packers; K is the input width, Kp the padded width):
+//   int8 weights   w:  (N, Kp) int8, symmetric per output channel, Kp = round_up(K, 64), zero padded;
+//                  sw: (N,) fp32 scales; wsum: (N,) int32 row sums of w (for the VNNI u8 x s8 trick).
+//   int4 weights   w:  (N, Kp / 2) uint8, Kp = round_up(K, group), group a multiple of 64. Each value is
+//                  q + 8 with q in [-8, 7]. Within every block of 32 values along K, byte j holds value j
+//                  in its low nibble and value j + 16 in its high nibble, so one 16-byte load unpacks into
+//                  two contiguous 16-wide vectors without a shuffle.
+//                  s:  (N, Kp / group) fp32 or bf16 scales.
+// Activations reach the kernels already padded to Kp (zeros), so inner loops have no tails.
+// Every kernel computes output channels [n0, n1) for all M rows; the driver (quant.cpp) threads over N.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+namespace ft::quant {
+
+constexpr int64_t kAlignK = 64;  // K padding: one 512-bit vector of int8
+
+// y[m, n] = (sum_k xq[m, k] w[n, k]) * sx[m] * sw[n] + bias[n]. xq is uint8 (q + 128) when the table's
+// xq_unsigned is true (VNNI: vpdpbusd multiplies u8 by s8; the 128 * wsum[n] excess is subtracted),
+// else int8.
+using Int8DynFn = void (*)(const void* xq, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
+                           const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1);
+// y[m, n] = sw[n] * sum_k x[m, k] w[n, k] + bias[n]; x fp32 (M, Kp).
+using W8Fn = void (*)(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t M,
+                      int64_t N, int64_t Kp, int64_t n0, int64_t n1);
+// y[m, n] = sum_g s[n, g] * (sum_{k in g} x[m, k] u[n, k] - 8 * xg[m, g]) + bias[n], u = q + 8 the stored
+// nibble and xg[m, g] the sum of x over group g (precomputed once per call, shared by all N). x is rounded
+// to bf16 by the driver (every path sees the same values); xb holds the same values as bf16 bits for the
+// AVX-512 BF16 kernel, whose vdpbf16ps then multiplies exactly and accumulates in fp32.
+using W4Fn = void (*)(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
+                      const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1);
+
+struct Table {
+  const char* name;
+  bool xq_unsigned;
+  Int8DynFn int8_dyn;
+  W8Fn w8;
+  W4Fn w4;
+};
+
+namespace scalar { const Table& table(); }
+#if FT_X86
+namespace avx2 { const Table& table(); }
+namespace avx512vnni { const Table& table(bool bf16); }  // bf16: int4 through vdpbf16ps
+#endif
+
+namespace {  // internal linkage: every ISA file instantiates these with its own flags
+
+inline float load_scale(const void* s, int64_t i, bool bf16) {
+  if (bf16) {
+    uint32_t u = uint32_t(static_cast<const uint16_t*>(s)[i]) << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+  }
+  return static_cast<const float*>(s)[i];
+}
+
+// Calls f(integral_constant<int, v>) for a runtime v in [1, MAX].
+template <int MAX, class F>
+inline void with_int(int v, F&& f) {
+  if constexpr (MAX >= 1) {
+    if (v == MAX) {
+      f(std::integral_constant<int, MAX>{});
+      return;
+    }
+    with_int<MAX - 1>(v, f);
+  }
+}
+
+// Register tiling: channels in steps of NRMAX (outer, so a few weight rows stay in L1 while every row of x
+// streams past them), rows in steps of MRMAX; the edge tiles get their own instantiation.
+// f(mr_c, nr_c, m0, n0) with mr_c / nr_c integral constants.
+template <int MRMAX, int NRMAX, class F>
+inline void for_tiles(int64_t M, int64_t n0, int64_t n1, F&& f) {
+  for (int64_t n = n0; n < n1; n += NRMAX) {
+    const int nr = int(std::min<int64_t>(NRMAX, n1 - n));
+    for (int64_t m = 0; m < M; m += MRMAX) {
+      const int mr = int(std::min<int64_t>(MRMAX, M - m));
+      with_int<MRMAX>(mr, [&](auto mr_c) { with_int<NRMAX>(nr, [&](auto nr_c) { f(mr_c, nr_c, m, n); }); });
+    }
+  }
+}
+
+}  // namespace
+
+}  // namespace ft::quant

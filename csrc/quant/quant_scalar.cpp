@@ -1,0 +1,67 @@
+// Portable quantized linear kernels: the definition the SIMD paths must match, and the fallback on
+// CPUs without AVX2.
+#include "quant.h"
+
+namespace ft::quant::scalar {
+namespace {
+
+void int8_dyn(const void* xq, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
+              const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
+  (void)wsum;  // xq is signed here: no u8 offset to undo
+  const int8_t* x = static_cast<const int8_t*>(xq);
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* wr = w + n * Kp;
+    for (int64_t m = 0; m < M; ++m) {
+      const int8_t* xr = x + m * Kp;
+      int32_t acc = 0;
+      for (int64_t k = 0; k < Kp; ++k) acc += int32_t(xr[k]) * int32_t(wr[k]);
+      y[m * N + n] = float(acc) * (sx[m] * sw[n]) + (bias ? bias[n] : 0.0f);
+    }
+  }
+}
+
+void w8(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t M, int64_t N,
+        int64_t Kp, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* wr = w + n * Kp;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xr = x + m * Kp;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < Kp; ++k) acc += xr[k] * float(wr[k]);
+      y[m * N + n] = acc * sw[n] + (bias ? bias[n] : 0.0f);
+    }
+  }
+}
+
+void w4(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
+        const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
+  (void)xb;  // the bf16 copy of x is for the AVX-512 BF16 kernel; x holds the same (bf16-rounded) values
+  const int64_t G = Kp / group;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* wr = w + n * (Kp / 2);
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xr = x + m * Kp;
+      float total = 0.0f;
+      for (int64_t g = 0; g < G; ++g) {
+        float acc = 0.0f;
+        for (int64_t b = g * group; b < (g + 1) * group; b += 32) {
+          const uint8_t* p = wr + b / 2;
+          for (int j = 0; j < 16; ++j) {
+            acc += xr[b + j] * float(p[j] & 15) + xr[b + 16 + j] * float(p[j] >> 4);
+          }
+        }
+        total += load_scale(s, n * G + g, s_bf16) * (acc - 8.0f * xg[m * G + g]);
+      }
+      y[m * N + n] = total + (bias ? bias[n] : 0.0f);
+    }
+  }
+}
+
+}  // namespace
+
+const Table& table() {
+  static const Table t{"scalar", false, int8_dyn, w8, w4};
+  return t;
+}
+
+}  // namespace ft::quant::scalar

@@ -1,0 +1,317 @@
+"""Quantized linear layers: int8 x int8 (dynamic per-token activations), int8 weight-only and int4
+groupwise weight-only, plus the packers that produce their weight layouts.
+
+    x: (..., K) fp32 or bf16  ->  y: (..., N) in x's dtype
+
+Weights are quantized symmetrically: int8 per output channel (scale = max|w_row| / 127), int4 per
+group of `group_size` inputs (scale = max|w_group| / 7, values in [-8, 7]). Packed layouts
+(csrc/quant/quant.h) pad K with zeros: int8 to Kp = round_up(K, 64), int4 to Kp = round_up(K,
+group_size); `group_size` must be a multiple of 64. So a K that is not a multiple of the group size
+is padded, never rejected; the activations keep their width K.
+
+int4_weight_linear rounds the activations to bf16 (round to nearest even) before the dot product, on every
+path: the products bf16 x int4 are then exact in fp32, which lets AVX-512 BF16 CPUs use vdpbf16ps (32
+multiply-adds per instruction). The rounding error (2^-9 relative) is ~30 dB below int4's own.
+
+CPU tensors run the C++ kernels (fasttrain._C.quant: AVX-512 VNNI / AVX2 / scalar, GEMV for batch 1 and
+register-tiled GEMM for larger batches, OpenMP over output channels); CUDA tensors run the Triton
+kernels in fasttrain.kernels.quant.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fasttrain._ext import _C, num_threads
+from fasttrain.ops import reference
+from fasttrain.ops._registry import OpSpec, register
+
+__all__ = [
+    "quantize_int8_weight",
+    "quantize_int4_weight",
+    "int8_dynamic_linear",
+    "int8_weight_linear",
+    "int4_weight_linear",
+]
+
+ALIGN_K = 64  # K padding of every packed layout (one 512-bit vector of int8)
+MAX_K_INT8_DYNAMIC = 65536  # 255 * 127 * Kp must fit the int32 accumulators of the VNNI kernel
+_X_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def _check_group_size(op: str, group_size: int) -> int:
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise TypeError(f"{op}: group_size must be an int (a multiple of 64, e.g. 128), got {group_size!r}")
+    if group_size < ALIGN_K or group_size % ALIGN_K:
+        raise ValueError(f"{op}: group_size must be a positive multiple of 64 (64, 128, 256, ...), got {group_size}")
+    return group_size
+
+
+def _check(op: str, name: str, t, *, dtypes, ndim: int, device=None, shape=None) -> None:
+    """One tensor argument: type, layout, dtype, rank, contiguity, device and (optionally) exact shape."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{op}: `{name}` has layout {t.layout}; pass a dense tensor (.to_dense())")
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{op}: `{name}` has dtype {t.dtype}; expected {allowed}")
+    if t.dim() != ndim:
+        raise ValueError(f"{op}: `{name}` must be {ndim}-D, got shape {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{op}: `{name}` has shape {tuple(t.shape)}, expected {tuple(shape)} (pack weights with "
+                         "fasttrain.ops.quantize_int8_weight / quantize_int4_weight)")
+    if not t.is_contiguous():
+        raise ValueError(f"{op}: `{name}` is not contiguous (stride {t.stride()}); pass `{name}.contiguous()`")
+    if device is not None and t.device != device:
+        raise ValueError(f"{op}: `{name}` is on {t.device} but x is on {device}; move all arguments to one device")
+    if t.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"{op}: `{name}` is on {t.device}; only CPU and CUDA tensors are supported")
+
+
+def _check_x(op: str, x) -> None:
+    _check(op, "x", x, dtypes=_X_DTYPES, ndim=2)
+    if x.shape[1] < 1:
+        raise ValueError(f"{op}: x must have at least one input feature, got shape {tuple(x.shape)}")
+
+
+def _check_bias(op: str, bias, N: int, device) -> None:
+    if bias is not None:
+        _check(op, "bias", bias, dtypes=(torch.float32,), ndim=1, device=device, shape=(N,))
+
+
+def _check_int8(op: str, x, w_q, w_scale, bias, w_sum=None) -> None:
+    _check_x(op, x)
+    K = x.shape[1]
+    _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=2, device=x.device)
+    N, Kp = w_q.shape
+    if Kp != _round_up(K, ALIGN_K):
+        raise ValueError(f"{op}: w_q has {Kp} columns but x has K={K} features; w_q must have round_up(K, 64) = "
+                         f"{_round_up(K, ALIGN_K)} (pack it with fasttrain.ops.quantize_int8_weight)")
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32,), ndim=1, device=x.device, shape=(N,))
+    if w_sum is not None:
+        _check(op, "w_sum", w_sum, dtypes=(torch.int32,), ndim=1, device=x.device, shape=(N,))
+        if K > MAX_K_INT8_DYNAMIC:
+            raise ValueError(f"{op}: K={K} exceeds {MAX_K_INT8_DYNAMIC} (int32 accumulator range); use int8_weight_linear")
+    _check_bias(op, bias, N, x.device)
+
+
+def _check_int4(op: str, x, w_packed, w_scale, group_size, bias) -> None:
+    _check_x(op, x)
+    _check_group_size(op, group_size)
+    K = x.shape[1]
+    _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=2, device=x.device)
+    N, half = w_packed.shape
+    Kp = _round_up(K, group_size)
+    if 2 * half != Kp:
+        raise ValueError(f"{op}: w_packed has {half} bytes per row but K={K}, group_size={group_size} needs "
+                         f"round_up(K, group_size) / 2 = {Kp // 2} (pack it with fasttrain.ops.quantize_int4_weight)")
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=2, device=x.device,
+           shape=(N, Kp // group_size))
+    _check_bias(op, bias, N, x.device)
+
+
+def _out(x: torch.Tensor, N: int) -> torch.Tensor:
+    return torch.empty((x.shape[0], N), dtype=torch.float32, device=x.device)
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library ops: 2-D x, packed weights as produced by the packers below.
+
+
+@torch.library.custom_op("fasttrain::int8_dynamic_linear", mutates_args=(), device_types="cpu")
+def _int8_dynamic_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
+    (M, K), (N, Kp) = x.shape, w_q.shape
+    y = _out(x, N)
+    _C.quant.int8_dynamic_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
+                                 w_sum.data_ptr(), _ptr(bias), y.data_ptr(), N, Kp, num_threads())
+    return y.to(x.dtype)
+
+
+@_int8_dynamic_op.register_fake
+def _(x, w_q, w_scale, w_sum, bias):
+    _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
+    return x.new_empty((x.shape[0], w_q.shape[0]))
+
+
+@_int8_dynamic_op.register_kernel("cuda")
+def _(x, w_q, w_scale, w_sum, bias):
+    _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
+    from fasttrain.kernels import quant as tq
+
+    return tq.int8_dynamic_linear(x, w_q, w_scale, bias)
+
+
+@torch.library.custom_op("fasttrain::int8_weight_linear", mutates_args=(), device_types="cpu")
+def _int8_weight_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    _check_int8("fasttrain.ops.int8_weight_linear", x, w_q, w_scale, bias)
+    (M, K), (N, Kp) = x.shape, w_q.shape
+    y = _out(x, N)
+    _C.quant.int8_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
+                                _ptr(bias), y.data_ptr(), N, Kp, num_threads())
+    return y.to(x.dtype)
+
+
+@_int8_weight_op.register_fake
+def _(x, w_q, w_scale, bias):
+    _check_int8("fasttrain.ops.int8_weight_linear", x, w_q, w_scale, bias)
+    return x.new_empty((x.shape[0], w_q.shape[0]))
+
+
+@_int8_weight_op.register_kernel("cuda")
+def _(x, w_q, w_scale, bias):
+    _check_int8("fasttrain.ops.int8_weight_linear", x, w_q, w_scale, bias)
+    from fasttrain.kernels import quant as tq
+
+    return tq.int8_weight_linear(x, w_q, w_scale, bias)
+
+
+@torch.library.custom_op("fasttrain::int4_weight_linear", mutates_args=(), device_types="cpu")
+def _int4_weight_op(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
+    (M, K), N = x.shape, w_packed.shape[0]
+    y = _out(x, N)
+    _C.quant.int4_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_packed.data_ptr(),
+                                w_scale.data_ptr(), w_scale.dtype == torch.bfloat16, group_size, _ptr(bias),
+                                y.data_ptr(), N, 2 * w_packed.shape[1], num_threads())
+    return y.to(x.dtype)
+
+
+@_int4_weight_op.register_fake
+def _(x, w_packed, w_scale, group_size, bias):
+    _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
+    return x.new_empty((x.shape[0], w_packed.shape[0]))
+
+
+@_int4_weight_op.register_kernel("cuda")
+def _(x, w_packed, w_scale, group_size, bias):
+    _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
+    from fasttrain.kernels import quant as tq
+
+    return tq.int4_weight_linear(x, w_packed, w_scale, group_size, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API.
+
+
+def _as_2d(op: str, x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: `x` must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have at least 1 dimension (..., K), got a scalar")
+    if not x.is_contiguous():
+        raise ValueError(f"{op}: `x` is not contiguous (stride {x.stride()}); pass `x.contiguous()`")
+    return x.reshape(-1, x.shape[-1])
+
+
+@torch.no_grad()
+def quantize_int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: weight (N, K) float -> (w_q (N, Kp) int8, w_scale (N,) fp32,
+    w_sum (N,) int32), Kp = round_up(K, 64) zero padded. An all-zero row gets scale 1 (its q is 0)."""
+    op = "fasttrain.ops.quantize_int8_weight"
+    _check(op, "weight", weight, dtypes=(torch.float32, torch.bfloat16, torch.float16), ndim=2)
+    w = weight.detach().float()
+    N, K = w.shape
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    w_q = torch.zeros((N, _round_up(K, ALIGN_K)), dtype=torch.int8, device=w.device)
+    w_q[:, :K] = q
+    return w_q, scale.contiguous(), q.sum(dim=1, dtype=torch.int32)
+
+
+@torch.no_grad()
+def quantize_int4_weight(
+    weight: torch.Tensor, group_size: int = 128, scale_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric groupwise int4: weight (N, K) float -> (w_packed (N, Kp / 2) uint8, w_scale (N, Kp / group_size)
+    `scale_dtype`), Kp = round_up(K, group_size) zero padded; scale = max|w_group| / 7, q in [-8, 7], rounded
+    against the stored (possibly bf16) scale. Layout: see fasttrain.ops.reference.dequantize_int4_reference."""
+    op = "fasttrain.ops.quantize_int4_weight"
+    _check(op, "weight", weight, dtypes=(torch.float32, torch.bfloat16, torch.float16), ndim=2)
+    _check_group_size(op, group_size)
+    if scale_dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"{op}: scale_dtype must be torch.float32 or torch.bfloat16, got {scale_dtype}")
+    w = weight.detach().float()
+    N, K = w.shape
+    Kp = _round_up(K, group_size)
+    w = torch.nn.functional.pad(w, (0, Kp - K)).reshape(N, Kp // group_size, group_size)
+    amax = w.abs().amax(dim=2)
+    scale = torch.where(amax > 0, amax / 7.0, torch.ones_like(amax)).to(scale_dtype)
+    q = torch.round(w / scale.float()[:, :, None]).clamp_(-8, 7).to(torch.int16) + 8
+    q = q.reshape(N, Kp // 32, 2, 16)
+    packed = (q[:, :, 0, :] | (q[:, :, 1, :] << 4)).to(torch.uint8).reshape(N, Kp // 2)
+    return packed.contiguous(), scale.contiguous()
+
+
+def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear layer with int8 weights and per-token dynamic int8 activations, int32 accumulation.
+
+    x: (..., K) fp32/bf16 contiguous; w_q, w_scale, w_sum from quantize_int8_weight (N outputs);
+    bias: (N,) fp32 or None. Returns (..., N) in x's dtype. K <= 65536.
+    """
+    x2 = _as_2d("fasttrain.ops.int8_dynamic_linear", x)
+    return _int8_dynamic_op(x2, w_q, w_scale, w_sum, bias).reshape(*x.shape[:-1], w_q.shape[0])
+
+
+def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear layer with int8 per-channel weights and fp32 arithmetic (weight-only quantization).
+
+    x: (..., K) fp32/bf16 contiguous; w_q, w_scale from quantize_int8_weight; bias: (N,) fp32 or None.
+    Returns (..., N) in x's dtype.
+    """
+    x2 = _as_2d("fasttrain.ops.int8_weight_linear", x)
+    return _int8_weight_op(x2, w_q, w_scale, bias).reshape(*x.shape[:-1], w_q.shape[0])
+
+
+def int4_weight_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int = 128,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Linear layer with groupwise int4 weights (fp32 or bf16 scales): bf16-rounded activations, fp32 sums.
+
+    x: (..., K) fp32/bf16 contiguous; w_packed, w_scale from quantize_int4_weight(weight, group_size);
+    bias: (N,) fp32 or None. Returns (..., N) in x's dtype.
+    """
+    x2 = _as_2d("fasttrain.ops.int4_weight_linear", x)
+    _check_group_size("fasttrain.ops.int4_weight_linear", group_size)  # before the dispatcher's own type error
+    return _int4_weight_op(x2, w_packed, w_scale, group_size, bias).reshape(*x.shape[:-1], w_packed.shape[0])
+
+
+def _samples_int8(dynamic: bool):
+    g = torch.Generator().manual_seed(0)
+    for M, K, N, dtype, with_bias in [(1, 7, 1, torch.float32, True), (7, 130, 5, torch.bfloat16, False)]:
+        w_q, w_scale, w_sum = quantize_int8_weight(torch.randn(N, K, generator=g))
+        x = torch.randn(M, K, generator=g).to(dtype)
+        bias = torch.randn(N, generator=g) if with_bias else None
+        yield ((x, w_q, w_scale, w_sum, bias) if dynamic else (x, w_q, w_scale, bias)), {}
+
+
+def _samples_int4():
+    g = torch.Generator().manual_seed(0)
+    for M, K, N, sdt, with_bias in [(1, 7, 1, torch.float32, True), (7, 130, 5, torch.bfloat16, False)]:
+        w_packed, w_scale = quantize_int4_weight(torch.randn(N, K, generator=g), 64, sdt)
+        bias = torch.randn(N, generator=g) if with_bias else None
+        yield (torch.randn(M, K, generator=g), w_packed, w_scale, 64, bias), {}
+
+
+for _name, _public, _ref, _samples in [
+    ("int8_dynamic_linear", int8_dynamic_linear, reference.int8_dynamic_linear_reference, lambda: _samples_int8(True)),
+    ("int8_weight_linear", int8_weight_linear, reference.int8_weight_linear_reference, lambda: _samples_int8(False)),
+    ("int4_weight_linear", int4_weight_linear, reference.int4_weight_linear_reference, _samples_int4),
+]:
+    register(OpSpec(qualname=f"fasttrain::{_name}", public=_public, reference=_ref, test="tests/ops/test_quant.py",
+                    benchmark="benchmarks/bench_quant.py", samples=_samples))

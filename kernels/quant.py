@@ -1,0 +1,113 @@
+"""Triton quantized linear kernels (the CUDA path of fasttrain.ops.int8_* / int4_weight_linear).
+
+Same packed layouts as the C++ kernels (csrc/quant/quant.h), so one set of packed weights serves both
+devices. Each program computes a (BLOCK_M, BLOCK_N) output tile, walking K in BLOCK_K steps:
+  int8 weight-only: dequantize the int8 tile to fp32 in registers, tl.dot in fp32, scale per channel at the end;
+  int8 dynamic:     activations quantized per token (torch ops on the device, no host sync), int8 tl.dot
+                    with int32 accumulation, both scales applied at the end;
+  int4 weight-only: activations rounded to bf16 (as on CPU), gather each value's nibble (byte (k // 32) * 16 + k % 16, high nibble for k % 32 >= 16),
+                    subtract 8, multiply by its group's scale, tl.dot in fp32.
+Inputs are validated by fasttrain.ops.quant; call these directly only with checked tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["int8_weight_linear", "int8_dynamic_linear", "int4_weight_linear"]
+
+BLOCK_M, BLOCK_N, BLOCK_K = 16, 32, 64  # tl.dot needs >= 16 per dimension; BLOCK_K divides every Kp
+
+
+@triton.jit
+def _w8_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, M, N, Kp, HAS_BIAS: tl.constexpr, INT_DOT: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pm, pn = tl.program_id(0), tl.program_id(1)
+    rm = pm * BM + tl.arange(0, BM)
+    rn = pn * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    if INT_DOT:
+        acc = tl.zeros((BM, BN), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, Kp, BK):
+        kk = k0 + rk
+        x = tl.load(x_ptr + rm[:, None] * Kp + kk[None, :], mask=(rm[:, None] < M), other=0)
+        w = tl.load(w_ptr + rn[None, :] * Kp + kk[:, None], mask=(rn[None, :] < N), other=0)  # (BK, BN)
+        if INT_DOT:
+            acc += tl.dot(x, w)
+        else:
+            acc += tl.dot(x.to(tl.float32), w.to(tl.float32))
+    scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    if INT_DOT:  # dynamic activations: per-token scale times per-channel scale, as the C++ kernels
+        scale = tl.load(r_ptr + rm, mask=rm < M, other=0.0)[:, None] * scale
+    out = acc.to(tl.float32) * scale
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], out, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
+def _w4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, Kp, G, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pm, pn = tl.program_id(0), tl.program_id(1)
+    rm = pm * BM + tl.arange(0, BM)
+    rn = pn * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, Kp, BK):
+        kk = k0 + rk
+        x = tl.load(x_ptr + rm[:, None] * Kp + kk[None, :], mask=(rm[:, None] < M), other=0.0).to(tl.float32)
+        byte = (kk // 32) * 16 + kk % 16
+        shift = ((kk % 32) // 16) * 4
+        b = tl.load(w_ptr + rn[None, :] * (Kp // 2) + byte[:, None], mask=(rn[None, :] < N), other=8)
+        q = ((b.to(tl.int32) >> shift[:, None]) & 15) - 8
+        s = tl.load(s_ptr + rn[None, :] * G + (kk // GROUP)[:, None], mask=(rn[None, :] < N), other=0.0)
+        acc += tl.dot(x, q.to(tl.float32) * s.to(tl.float32))
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def _pad(x: torch.Tensor, Kp: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, Kp - x.shape[1])).contiguous()
+
+
+def _grid(M: int, N: int):
+    return (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
+
+
+def int8_weight_linear(x, w_q, w_scale, bias=None):
+    """x: (M, K) fp32/fp16/bf16; w_q: (N, Kp) int8; w_scale: (N,) fp32; bias: (N,) fp32 or None -> (M, N) x.dtype."""
+    (M, _), (N, Kp) = x.shape, w_q.shape
+    y = torch.empty((M, N), dtype=torch.float32, device=x.device)
+    _w8_kernel[_grid(M, N)](_pad(x, Kp), w_q, w_scale, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
+                            HAS_BIAS=bias is not None, INT_DOT=False, BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K)
+    return y.to(x.dtype)
+
+
+def int8_dynamic_linear(x, w_q, w_scale, bias=None):
+    """Per-token int8 activations (same arithmetic as fasttrain.ops.reference.quantize_per_token_reference),
+    int8 x int8 -> int32 dot. Shapes as int8_weight_linear; returns x.dtype."""
+    (M, _), (N, Kp) = x.shape, w_q.shape
+    xf = x.float()
+    amax = xf.abs().amax(dim=1)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(xf * inv[:, None]).clamp_(-127, 127).to(torch.int8)
+    y = torch.empty((M, N), dtype=torch.float32, device=x.device)
+    _w8_kernel[_grid(M, N)](_pad(q, Kp), w_q, w_scale, amax / 127.0, bias if bias is not None else w_scale, y, M, N,
+                            Kp, HAS_BIAS=bias is not None, INT_DOT=True, BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K)
+    return y.to(x.dtype)
+
+
+def int4_weight_linear(x, w_packed, w_scale, group_size, bias=None):
+    """x: (M, K); w_packed: (N, Kp / 2) uint8; w_scale: (N, Kp / group_size) fp32/bf16 -> (M, N) x.dtype."""
+    M, N, Kp = x.shape[0], w_packed.shape[0], 2 * w_packed.shape[1]
+    y = torch.empty((M, N), dtype=torch.float32, device=x.device)
+    xr = x.to(torch.bfloat16).float()  # activations rounded to bf16, as the C++ kernels (exact products)
+    _w4_kernel[_grid(M, N)](_pad(xr, Kp), w_packed, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
+                            Kp // group_size, GROUP=group_size, HAS_BIAS=bias is not None, BM=BLOCK_M, BN=BLOCK_N,
+                            BK=BLOCK_K)
+    return y.to(x.dtype)
