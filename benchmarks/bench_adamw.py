@@ -155,3 +155,70 @@ def test_adamw_cuda_triton(benchmark, smoke):
           f"torch fused {th * 1e3:.2f} ms, speedup {th / ft:.3f}x; bf16 + masters vs torch's way "
           f"{result['bf16_master_speedup']:.3f}x")
     benchmark.pedantic(ours, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+_MLP_PEAK = r"""
+import sys, torch, fasttrain.optim
+torch.manual_seed(0)
+d, h = {d}, {h}
+model = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.GELU(), torch.nn.Linear(h, h), torch.nn.GELU(),
+                            torch.nn.Linear(h, h), torch.nn.GELU(), torch.nn.Linear(h, d))
+x, y = torch.randn(8, d), torch.randn(8, d)
+mode = sys.argv[1]
+if mode == "torch":
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+else:
+    opt = fasttrain.optim.AdamW(model.parameters(), lr=1e-4, step_in_backward=True)
+for _ in range(3):
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+# VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would report the parent pytest's peak.
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+"""
+
+
+def _peak_rss_mib(mode: str, d: int, h: int) -> float:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _MLP_PEAK.format(d=d, h=h), mode], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.split()[-1]) / 1024  # VmHWM is in KiB
+
+
+def test_adamw_step_in_backward_mlp(benchmark, smoke):
+    """A full training step (forward, backward, update) of a 42M-parameter MLP (1024 -> 4096 -> 4096 ->
+    4096 -> 1024, GELU) at batch 8: fasttrain AdamW(step_in_backward=True) vs backward + torch
+    AdamW(fused=True) step + zero_grad(). Peak RSS of each in a fresh process (3 steps)."""
+    d, h = (32, 64) if smoke else (1024, 4096)
+    rounds = 1 if smoke else 15
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.GELU(), torch.nn.Linear(h, h), torch.nn.GELU(),
+                                   torch.nn.Linear(h, h), torch.nn.GELU(), torch.nn.Linear(h, d))
+
+    x, y = torch.randn(8, d), torch.randn(8, d)
+    ours_m, ref_m, flat_m = make(), make(), make()
+    n = sum(p.numel() for p in ours_m.parameters())
+    ours = fasttrain.optim.AdamW(ours_m.parameters(), lr=1e-4, step_in_backward=True)
+    flat = fasttrain.optim.AdamW(flat_m.parameters(), lr=1e-4)
+    ref = torch.optim.AdamW(ref_m.parameters(), lr=1e-4, fused=True)
+
+    def step(m, o):
+        torch.nn.functional.mse_loss(m(x), y).backward()
+        o.step()
+        o.zero_grad()
+
+    t = interleaved({"in_backward": lambda: step(ours_m, ours), "torch_fused": lambda: step(ref_m, ref),
+                     "fasttrain_flat": lambda: step(flat_m, flat)}, rounds=rounds, warmup=0 if smoke else 2)
+    ib, th, fl = t["in_backward"].median, t["torch_fused"].median, t["fasttrain_flat"].median
+    peak_ours, peak_torch = _peak_rss_mib("ours", d, h), _peak_rss_mib("torch", d, h)
+    result = {"params": n, "in_backward_ms": ib * 1e3, "torch_fused_ms": th * 1e3, "fasttrain_flat_ms": fl * 1e3,
+              "speedup": th / ib, "speedup_flat": th / fl, "peak_rss_mib": peak_ours, "torch_peak_rss_mib": peak_torch}
+    benchmark.extra_info.update(result)
+    print(f"\nMLP {n / 1e6:.1f}M params, batch 8, full step: step_in_backward {ib * 1e3:.2f} ms, torch fused + "
+          f"zero_grad {th * 1e3:.2f} ms, fasttrain flat {fl * 1e3:.2f} ms; speedup {th / ib:.3f}x (flat {th / fl:.3f}x); "
+          f"peak RSS {peak_ours:.0f} MiB vs torch {peak_torch:.0f} MiB")
+    benchmark.pedantic(step, args=(ours_m, ours), rounds=rounds, iterations=1, warmup_rounds=0)

@@ -39,7 +39,7 @@ def _align(n: int) -> int:
 class _FlatGroup:
     """The flat buffers of one param group. Buffers are 1-D of `total` elements."""
 
-    def __init__(self, params: list[torch.nn.Parameter]):
+    def __init__(self, params: list[torch.nn.Parameter], flat_grads: bool = True):
         self.params = params
         self.dtype = params[0].dtype
         self.numels = [p.numel() for p in params]
@@ -51,18 +51,22 @@ class _FlatGroup:
         self.total = o
         dev = params[0].device
         self.param_buf = torch.zeros(self.total, dtype=self.dtype, device=dev)
-        self.grad_buf = torch.zeros(self.total, dtype=self.dtype, device=dev)
         self.param_views = self.views(self.param_buf)
-        self.grad_views = self.views(self.grad_buf)
+        # flat_grads=False (step_in_backward): autograd's own per-parameter grads, freed after each update
+        self.grad_buf = torch.zeros(self.total, dtype=self.dtype, device=dev) if flat_grads else None
+        self.grad_views = self.views(self.grad_buf) if flat_grads else None
         with torch.no_grad():
-            for p, pv, gv in zip(params, self.param_views, self.grad_views):
+            for i, (p, pv) in enumerate(zip(params, self.param_views)):
                 pv.copy_(p.detach())
-                if p.grad is not None:
-                    gv.copy_(p.grad)
+                if flat_grads:
+                    if p.grad is not None:
+                        self.grad_views[i].copy_(p.grad)
+                    p.grad = self.grad_views[i]
+                else:
+                    p.grad = None
                 p.data = pv
-                p.grad = gv
         self.pptrs = [v.data_ptr() for v in self.param_views]
-        self.gptrs = [v.data_ptr() for v in self.grad_views]
+        self.gptrs = [v.data_ptr() for v in self.grad_views] if flat_grads else None
         self.state_bufs: dict[str, torch.Tensor] = {}
         self.state_views: dict[str, list[torch.Tensor]] = {}
         self.steps = torch.zeros(len(params), dtype=torch.float32)
@@ -142,7 +146,8 @@ class _FlatOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._check_group(group)
-        fg = _FlatGroup(group["params"]) if group["params"] else None
+        flat_grads = not getattr(self, "step_in_backward", False)
+        fg = _FlatGroup(group["params"], flat_grads=flat_grads) if group["params"] else None
         self._flat.append(fg)
         if fg is not None:
             self._attach_state(group, fg)
@@ -236,7 +241,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         would make the next backward allocate fresh, non-flat gradients) and re-attaches any
         gradient that was swapped or set to None."""
         for fg in self._flat:
-            if fg is None:
+            if fg is None or fg.grad_buf is None:
                 continue
             fg.grad_buf.zero_()
             for i, p in enumerate(fg.params):

@@ -53,6 +53,11 @@ class AdamW(_FlatOptimizer):
     arithmetic): one norm pass over the flat grads (fasttrain.ops.get_total_norm), then the clip
     coefficient is folded into the update pass; the grads themselves are left unclipped. The norm
     before clipping is kept in `last_grad_norm` (0-dim fp32 tensor).
+    step_in_backward: update each parameter from a post-accumulate-grad hook as soon as backward has
+    produced its gradient, then free that gradient (p.grad stays None), so the whole model's
+    gradients never exist at once. step() then only marks the end of the iteration; it must be
+    called after every backward (a second gradient before it raises: no gradient accumulation).
+    Not combinable with max_grad_norm (ValueError) or GradScaler (RuntimeError).
     lr may be a float or a 1-element tensor (read once per step). `foreach` and `fused` are accepted
     for drop-in compatibility and ignored (this optimizer is always fused); `capturable` and
     `differentiable` are not supported (ValueError).
@@ -76,6 +81,7 @@ class AdamW(_FlatOptimizer):
         state_dtype: str | torch.dtype = "fp32",
         stochastic_rounding: bool = False,
         max_grad_norm: float | None = None,
+        step_in_backward: bool = False,
     ):
         # Same checks and messages as torch.optim.AdamW.
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
@@ -93,6 +99,12 @@ class AdamW(_FlatOptimizer):
         if max_grad_norm is not None and not float(max_grad_norm) > 0.0:
             raise ValueError(f"Invalid max_grad_norm: {max_grad_norm}; use a positive number, or None for no clipping")
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        if step_in_backward and max_grad_norm is not None:
+            raise ValueError("step_in_backward=True cannot clip to a global norm (max_grad_norm): each parameter is "
+                             "updated as soon as its own gradient is ready, before the global norm is known")
+        self.step_in_backward = bool(step_in_backward)
+        self._updated: set[int] = set()  # params updated since the last step()/zero_grad() (step_in_backward)
+        self._where: dict[int, tuple[int, int]] = {}
         self.last_grad_norm: torch.Tensor | None = None
         self._grad_mul = 1.0
         if capturable or differentiable:
@@ -105,12 +117,55 @@ class AdamW(_FlatOptimizer):
                         stochastic_rounding=bool(stochastic_rounding))
         super().__init__(params, defaults)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if getattr(self, "step_in_backward", False) and self._flat[-1] is not None:
+            gi = len(self.param_groups) - 1
+            for i, p in enumerate(self._flat[-1].params):
+                self._where[id(p)] = (gi, i)
+                p.register_post_accumulate_grad_hook(self._step_one)
+
+    @torch.no_grad()
+    def _step_one(self, p: torch.Tensor) -> None:
+        """step_in_backward: the post-accumulate-grad hook of `p`. Updates p from its fresh gradient
+        (while it is still in cache) with the same kernel as the flat path, then frees the gradient."""
+        gi, i = self._where[id(p)]
+        if id(p) in self._updated:
+            raise RuntimeError(
+                "fasttrain.optim.AdamW(step_in_backward=True): a parameter received a second gradient before "
+                "opt.step()/opt.zero_grad() was called. Gradient accumulation over several backward passes is not "
+                "possible when the update runs inside backward; call opt.step() after every backward, or use "
+                "step_in_backward=False to accumulate"
+            )
+        fg, group = self._flat[gi], self.param_groups[gi]
+        if p.data_ptr() != fg.pptrs[i]:  # a swapped param: adopt its values (see _flat.py)
+            if p.shape != fg.param_views[i].shape or p.dtype != fg.dtype:
+                raise ValueError(f"AdamW: parameter {i} was replaced by a {p.dtype} tensor of shape {tuple(p.shape)}; "
+                                 "build a new optimizer after changing parameter shapes or dtypes")
+            fg.param_views[i].copy_(p.data)
+            p.data = fg.param_views[i]
+        grad = p.grad
+        if grad.layout != torch.strided:
+            raise TypeError(f"AdamW: parameter {i} has a {grad.layout} gradient; sparse gradients are not supported")
+        fg.steps[i] += 1.0
+        fg.uniform_step = None
+        sv = fg.state_views
+        adamw_step_(fg.param_views[i], grad.contiguous(), sv["exp_avg"][i], sv["exp_avg_sq"][i],
+                    sv["max_exp_avg_sq"][i] if group["amsgrad"] else None, step=float(fg.steps[i]),
+                    master=sv["master"][i] if "master" in sv else None,
+                    seed=(int(fg.steps[i]) * 0x9E3779B1 + gi * 0x85EBCA77 + (fg.offsets[i] << 8)) & 0xFFFFFFFF,
+                    **self._kwargs(group))
+        p.grad = None
+        self._updated.add(id(p))
+
     # torch.compile runs the step eagerly (one graph break, like torch's own optimizers outside
     # compiled-optimizer mode): it is a few pointer checks and one C++ call per group, so there is
     # nothing for the compiler to fuse, and tracing it would only recompile on every lr change.
     @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        if self.step_in_backward:
+            return self._end_of_step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -137,6 +192,37 @@ class AdamW(_FlatOptimizer):
         finally:
             self._grad_mul = 1.0
         return loss
+
+    def _end_of_step(self, closure=None):
+        """step() with step_in_backward=True: the updates already ran during backward; this marks the
+        end of the iteration (so a second backward is not taken for gradient accumulation)."""
+        if getattr(self, "found_inf", None) is not None:
+            raise RuntimeError("AdamW(step_in_backward=True) cannot be used with GradScaler: the parameters were "
+                               "updated during backward, before the scaler could check the gradients for inf/NaN")
+        loss = None
+        self._updated.clear()
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+            self._updated.clear()
+        return loss
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if self.step_in_backward:
+            self._updated.clear()  # gradients were freed by the hooks already
+            return
+        super().zero_grad(set_to_none)
+
+    def _kwargs(self, group: dict[str, Any]) -> dict[str, Any]:
+        b1, b2 = group["betas"]
+        kw = dict(lr=_scalar(group["lr"]), beta1=_scalar(b1), beta2=_scalar(b2), eps=group["eps"],
+                  weight_decay=group["weight_decay"], maximize=group["maximize"], amsgrad=group["amsgrad"],
+                  grad_scale=self._grad_mul, stochastic_rounding=bool(group["stochastic_rounding"]))
+        if not 0.0 <= kw["lr"]:  # a scheduler or a user may have set it since construction
+            raise ValueError(f"Invalid learning rate: {kw['lr']}")
+        return kw
 
     def _check_group(self, group: dict[str, Any]) -> None:
         lr, (b1, b2), eps, wd = _scalar(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
@@ -166,23 +252,17 @@ class AdamW(_FlatOptimizer):
         return names + (["master"] if group.get("master_weights") and low else [])
 
     def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
-        b1, b2 = group["betas"]
-        kw = dict(lr=_scalar(group["lr"]), beta1=_scalar(b1), beta2=_scalar(b2), eps=group["eps"],
-                  weight_decay=group["weight_decay"], maximize=group["maximize"], amsgrad=group["amsgrad"],
-                  grad_scale=self._grad_mul)
-        if not 0.0 <= kw["lr"]:  # a scheduler or a user may have set it since construction
-            raise ValueError(f"Invalid learning rate: {kw['lr']}")
+        kw = self._kwargs(group)
         amsgrad = group["amsgrad"]
         if amsgrad:
             fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))
-        sr = bool(group["stochastic_rounding"])
         gi = next(i for i, f in enumerate(self._flat) if f is fg)
         if idx is None:
             b = fg.state_bufs
             # A new noise stream per step and group (never reused: the same bits every step would bias).
             seed = (int(steps[0]) * 0x9E3779B1 + gi * 0x85EBCA77) & 0xFFFFFFFF
             adamw_step_(fg.param_buf, fg.grad_buf, b["exp_avg"], b["exp_avg_sq"], b.get("max_exp_avg_sq"), step=steps[0],
-                        master=b.get("master"), stochastic_rounding=sr, seed=seed, **kw)
+                        master=b.get("master"), seed=seed, **kw)
             return
         sv = fg.state_views
         for i, s in zip(idx, steps):
@@ -191,4 +271,4 @@ class AdamW(_FlatOptimizer):
             master = sv["master"][i] if "master" in sv else None
             seed = (int(s) * 0x9E3779B1 + gi * 0x85EBCA77 + (fg.offsets[i] << 8)) & 0xFFFFFFFF
             adamw_step_(fg.param_views[i], p.grad, sv["exp_avg"][i], sv["exp_avg_sq"][i], mx, step=s, master=master,
-                        stochastic_rounding=sr, seed=seed, **kw)
+                        seed=seed, **kw)
