@@ -74,6 +74,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer.fit(train_data, val_data=val_data, resume=args.resume)
     if val_data is not None:
         print(" ".join(f"{k}={v:.4f}" for k, v in trainer.validate(val_data).items()))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 

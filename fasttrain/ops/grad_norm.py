@@ -21,7 +21,7 @@ from fasttrain.ops import reference
 from fasttrain.ops._checks import DTYPE_CODES, check_no_overlap, check_norm_type, check_tensor_list
 from fasttrain.ops._registry import OpSpec, register
 
-__all__ = ["get_total_norm", "clip_grad_norm_"]
+__all__ = ["get_total_norm", "clip_grad_norm_", "total_norm_host"]
 
 _FUSED_NORMS = (2.0, math.inf)
 
@@ -159,6 +159,17 @@ def clip_grad_norm_(
         return _clip_op(grads, max_norm, p, bool(error_if_nonfinite))
     check_no_overlap(op, "grads", grads)
     return reference.clip_grad_norm_reference(grads, max_norm, p, error_if_nonfinite)
+
+
+def total_norm_host(tensors: Sequence[torch.Tensor]) -> float:
+    """Global 2-norm of CPU tensors as a Python float, computed by the C++ kernel without a tensor
+    round trip. For host-side logic that needs the value (the fused optimizers' clip coefficient):
+    on CPU tensors this is no device sync, and no `.item()` shows up in the training loop."""
+    op = "fasttrain.ops.total_norm_host"
+    check_tensor_list(op, "tensors", tensors)
+    if tensors and tensors[0].device.type != "cpu":
+        raise ValueError(f"{op}: tensors are on {tensors[0].device}; use get_total_norm (it stays on the device)")
+    return _C.multi_tensor_norm(*_table(tensors), 2.0, num_threads()) if tensors else 0.0
 
 
 def _samples():

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
-from fasttrain.ops import get_total_norm
+from fasttrain.ops.grad_norm import total_norm_host
 from fasttrain.ops.optim import adamw_step_
 from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer
 
@@ -181,10 +182,13 @@ class AdamW(_FlatOptimizer):
             flats = [fg for fg in self._flat if fg is not None]
             for fg in flats:
                 self._sync(fg)  # swapped grads must count in the norm
-            norm = get_total_norm([fg.grad_buf for fg in flats]) * mul if flats else torch.zeros(())
-            self.last_grad_norm = norm
-            # torch's clip arithmetic: coef = max_norm / (norm + 1e-6), clamped to 1 (NaN propagates)
-            coef = float(torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0))
+            # The norm comes back as a host float (C++ kernel): the coefficient is needed on the host
+            # anyway, and reading a tensor here would be an .item() per training step.
+            norm = np.float32(total_norm_host([fg.grad_buf for fg in flats]) * mul)
+            self.last_grad_norm = torch.tensor(norm)
+            # torch's clip arithmetic in fp32: coef = max_norm / (norm + 1e-6), clamped to 1 (NaN propagates)
+            coef = np.float32(self.max_grad_norm) / (norm + np.float32(1e-6))
+            coef = float(coef) if not coef >= 1.0 else 1.0
             mul *= coef
         self._grad_mul = mul
         try:

@@ -125,6 +125,16 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if isinstance(optimizer, torch.optim.Optimizer):
             return optimizer
+        if isinstance(optimizer, str) and self.device.type != "cpu":
+            # fasttrain.optim runs on CPU tensors only so far (its Triton kernel is not wired into the
+            # optimizer classes yet): use torch's fused implementation on accelerators.
+            if self.precision.master_weights or optimizer not in ("adamw", "sgd"):
+                raise ValueError(f"Trainer: optimizer={optimizer!r} with precision {self.precision} is CPU-only for "
+                                 f"now; on {self.device.type} pass a torch optimizer or use precision='bf16-mixed'")
+            cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.SGD
+            if self.verbose:
+                print(f"Trainer: optimizer={optimizer!r} on {self.device.type} uses torch.optim.{cls.__name__}(fused=True)")
+            return cls(params, fused=True, **kwargs)
         if isinstance(optimizer, str):
             from fasttrain import optim as ft_optim
 

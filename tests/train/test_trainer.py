@@ -140,7 +140,7 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("optimizer", ["torch-sgd"])
+@pytest.mark.parametrize("optimizer", ["adamw", "torch-sgd"])
 def test_no_host_sync_between_log_points(digits, optimizer):
     train, _ = digits
     steps, log_every = 40, 10
