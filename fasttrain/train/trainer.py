@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import random
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,9 @@ class Trainer:
     def _to_device(self, batch):
         if isinstance(batch, torch.Tensor):
             # "true" low precision: float inputs take the params' dtype (no autocast converts them)
-            dtype = self.precision.params if batch.is_floating_point() and not self.precision.autocast else None
+            dtype = self.precision.params if batch.is_floating_point() and not self.precision.autocast else batch.dtype
+            if batch.device == self.device and batch.dtype == dtype:
+                return batch  # the common case on CPU: skip a dispatcher round trip per tensor
             return batch.to(self.device, dtype=dtype, non_blocking=True)
         if isinstance(batch, dict):
             return {k: self._to_device(v) for k, v in batch.items()}
@@ -180,7 +183,9 @@ class Trainer:
         return batch
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.precision.compute, enabled=self.precision.autocast)
+        if not self.precision.autocast:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.compute)
 
     def _forward_loss(self, batch, fn=None) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
         fn = fn or self._step_fn
@@ -211,9 +216,11 @@ class Trainer:
             self._setup_compile()
         bar = self._progress_bar()
         self._call("on_fit_start")
-        loss_sum = torch.zeros((), device=self.device)
-        nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)
+        # Detached per-micro-batch losses since the last log point. Keeping references costs nothing per
+        # step (no extra tensor ops); they are summed and checked for NaN/Inf only at the log point.
+        losses: list[torch.Tensor] = []
         micro, steps_since_log = 0, 0
+        clock, timers = time.perf_counter, self.timers.totals
         self.model.train()
         while not self._done():
             self._call("on_train_epoch_start")
@@ -221,18 +228,18 @@ class Trainer:
                 self.train_loader.set_epoch(self.epoch)
             it = iter(self.train_loader)
             while True:
-                with self.timers("data"):
-                    batch = next(it, None)
+                t0 = clock()
+                batch = next(it, None)
+                t1 = clock()
+                timers["data"] += t1 - t0
                 if batch is None:
                     break
                 batch = self._to_device(batch)
-                with self.timers("forward_backward"):
-                    loss, _, _ = self._forward_loss(batch)
-                    detached = loss.detach()
-                    loss_sum += detached.float()
-                    nonfinite += (~torch.isfinite(detached)).long()
-                    scaled = loss / self.grad_accum
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                loss, _, _ = self._forward_loss(batch)
+                losses.append(loss.detach())
+                scaled = loss / self.grad_accum if self.grad_accum > 1 else loss
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                timers["forward_backward"] += clock() - t1
                 self.samples_seen += _batch_len(batch)
                 micro += 1
                 if micro < self.grad_accum:
@@ -242,9 +249,8 @@ class Trainer:
                 steps_since_log += 1
                 self._call("on_train_batch_end")
                 if self.global_step % self.log_every == 0:
-                    self._log_train(loss_sum, nonfinite, steps_since_log * self.grad_accum, bar)
-                    loss_sum.zero_()
-                    steps_since_log = 0
+                    self._log_train(losses, bar)
+                    losses, steps_since_log = [], 0
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
                     self._save_step_checkpoint()
                 if self._done():
@@ -259,8 +265,9 @@ class Trainer:
                 self._call("on_train_epoch_end")
                 if self.checkpoint_dir is not None:
                     self._save_step_checkpoint()
-        if steps_since_log:
-            self._log_train(loss_sum, nonfinite, steps_since_log * self.grad_accum, bar)
+        if losses:
+            self._log_train(losses, bar)
+        self.wait_for_checkpoint()
         if bar is not None:
             bar.close()
         self._call("on_fit_end")
@@ -276,7 +283,7 @@ class Trainer:
         )
 
     def _optimizer_step(self) -> None:
-        with self.timers("optimizer"):
+        with self.timers("optimizer"):  # once per optimizer step; the per-micro-batch timers are inline
             if self.clip_grad_norm is not None and not self._clip_in_optimizer:
                 if self.scaler is not None:
                     self.scaler.unscale_(self.optimizer)  # clip the true gradients
@@ -291,10 +298,12 @@ class Trainer:
                 self.lr_scheduler.step()
         self.global_step += 1
 
-    def _log_train(self, loss_sum, nonfinite, n_micro, bar) -> None:
-        # The log point: the only place the loop reads device values.
-        metrics = {"epoch": float(self.epoch), "train_loss": loss_sum.item() / max(n_micro, 1),
-                   "nonfinite_losses": float(nonfinite.item())}
+    def _log_train(self, losses: list[torch.Tensor], bar) -> None:
+        # The log point: the only place the loop reads device values (two reads).
+        stacked = torch.stack(losses).float()
+        finite = torch.isfinite(stacked)
+        metrics = {"epoch": float(self.epoch), "train_loss": stacked.mean().item(),
+                   "nonfinite_losses": float((~finite).sum().item())}
         self._call("on_log", metrics)
         self._emit(metrics)
         if bar is not None:
@@ -398,11 +407,28 @@ class Trainer:
         return save_checkpoint(path, self.state_dict())
 
     def _save_step_checkpoint(self) -> None:
+        """Periodic checkpoint, written in the background: the state is copied (staged) on the calling
+        thread, then serialized, fsynced and renamed by a writer thread while training goes on. One
+        write is in flight at a time; fit() waits for the last one before it returns. A crash while a
+        write is in flight leaves the previous checkpoint, from which resuming is just as exact."""
         if self.checkpoint_dir is None:
             return
-        self.save_checkpoint(self.checkpoint_dir / f"step-{self.global_step}.ckpt")
-        for old in list_checkpoints(self.checkpoint_dir)[: -self.keep_last_k]:
-            old.unlink(missing_ok=True)
+        self.wait_for_checkpoint()
+        staged = _clone_tensors(self.state_dict())
+        path, directory, keep = self.checkpoint_dir / f"step-{self.global_step}.ckpt", self.checkpoint_dir, self.keep_last_k
+
+        def write():
+            save_checkpoint(path, staged)
+            for old in list_checkpoints(directory)[:-keep]:
+                old.unlink(missing_ok=True)
+
+        self._writer = _Writer(write)
+
+    def wait_for_checkpoint(self) -> None:
+        """Blocks until the background checkpoint write (if any) is on disk; re-raises its error."""
+        writer, self._writer = getattr(self, "_writer", None), None
+        if writer is not None:
+            writer.join()
 
     def _resume(self, resume) -> None:
         if resume == "last":
@@ -461,6 +487,41 @@ class Trainer:
         if self.verbose:
             print(f"compile='auto': eager {eager * 1e3:.2f} ms/step, compiled {comp * 1e3:.2f} ms/step -> "
                   f"{'compiled' if comp < eager else 'eager'}")
+
+
+class _Writer(threading.Thread):
+    def __init__(self, fn):
+        super().__init__(name="fasttrain-checkpoint", daemon=False)
+        self.fn, self.error = fn, None
+        self.start()
+
+    def run(self):
+        try:
+            # Lowest CPU priority for this thread only (Linux nice is per thread): serializing and
+            # hashing a checkpoint then fills idle gaps instead of taking cores from training.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+            pass
+        try:
+            self.fn()
+        except BaseException as e:  # re-raised on the training thread by join()
+            self.error = e
+
+    def join(self, timeout=None):
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
+
+
+def _clone_tensors(obj):
+    """Deep copy of the tensors in a (nested) state dict, so training can go on mutating the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone_tensors(v) for v in obj)
+    return obj
 
 
 def _batch_len(batch) -> int:

@@ -1,0 +1,83 @@
+"""Char-LM training throughput: fasttrain (TokenLoader + fused AdamW + bf16 autocast, in the Trainer)
+vs the best idiomatic raw PyTorch loop (nanoGPT-style np.memmap windows + torch.stack, torch
+AdamW(fused=True), bf16 autocast), same GPT (fasttrain.examples.charlm), same steps, interleaved.
+
+Reports tokens/s of both, the ratio (target >= 1.2x), and the validation loss of both after the same
+number of steps (equal within noise: the two see different random windows).
+
+    pytest benchmarks/bench_charlm.py -s
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fasttrain
+from fasttrain.bench import interleaved
+from fasttrain.data import TokenLoader, write_tokens
+from fasttrain.examples.charlm import GPT, GPTConfig, stdlib_bytes
+
+
+def test_charlm_tokens_per_second(benchmark, smoke, tmp_path):
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32) if smoke else GPTConfig()
+    batch, steps, rounds = (8, 2, 1) if smoke else (32, 20, 7)
+    data = stdlib_bytes(max_bytes=(1 << 18) if smoke else (8 << 20)).astype(np.uint16)
+    n_val = len(data) // 20
+    write_tokens(tmp_path / "train.tok", data[:-n_val])
+    train_mm = np.memmap(tmp_path / "train.bin", dtype=np.uint16, mode="w+", shape=(len(data) - n_val,))
+    train_mm[:] = data[:-n_val]
+    val = torch.from_numpy(data[-n_val:].astype(np.int64))
+
+    torch.manual_seed(0)
+    m_raw, m_ft = GPT(cfg), GPT(cfg)
+    m_ft.load_state_dict(m_raw.state_dict())
+    opt = torch.optim.AdamW(m_raw.parameters(), lr=2e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
+    gen = np.random.default_rng(0)
+    T = cfg.block_size
+
+    def get_batch():  # nanoGPT's train.py get_batch, CPU
+        ix = gen.integers(0, len(train_mm) - T - 1, size=batch)
+        x = torch.stack([torch.from_numpy(train_mm[i : i + T].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(train_mm[i + 1 : i + 1 + T].astype(np.int64)) for i in ix])
+        return x, y
+
+    def raw_steps():
+        for _ in range(steps):
+            x, y = get_batch()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = m_raw(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m_raw.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    loader = TokenLoader(tmp_path / "train.tok", block_size=T, batch_size=batch, seed=0)
+    trainer = fasttrain.Trainer(m_ft, optimizer="adamw",
+                                optimizer_kwargs={"lr": 2e-3, "betas": (0.9, 0.99), "weight_decay": 0.1},
+                                precision="bf16-mixed", max_steps=0 + 1, clip_grad_norm=1.0, log_every=50,
+                                loggers=None, verbose=False)
+    trainer.max_steps = 0
+
+    def ft_steps():
+        trainer.max_steps += steps
+        trainer.fit(loader)
+
+    t = interleaved({"raw": raw_steps, "fasttrain": ft_steps}, rounds=rounds, warmup=0 if smoke else 1)
+    tokens = steps * batch * T
+    raw_tps, ft_tps = tokens / t["raw"].median, tokens / t["fasttrain"].median
+
+    @torch.no_grad()
+    def val_loss(model):
+        n = (min(len(val), 64 * T) - 1) // T * T
+        x, y = val[:n].view(-1, T), val[1 : n + 1].view(-1, T)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return float(model.eval()(x, y))
+
+    result = {"raw_tokens_per_s": raw_tps, "fasttrain_tokens_per_s": ft_tps, "speedup": ft_tps / raw_tps,
+              "steps_each": trainer.global_step, "raw_val_loss": val_loss(m_raw), "fasttrain_val_loss": val_loss(m_ft)}
+    benchmark.extra_info.update(result)
+    print("\n" + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    assert math.isfinite(result["fasttrain_val_loss"])
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
