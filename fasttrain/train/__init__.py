@@ -9,7 +9,6 @@ from fasttrain.train.callbacks import (
     Timer,
 )
 from fasttrain.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fasttrain.train.data import TensorBatches
 from fasttrain.train.loggers import CSVLogger, Logger, TensorBoardLogger
 from fasttrain.train.precision import PRESETS, Precision
 from fasttrain.train.trainer import Trainer
@@ -17,5 +16,5 @@ from fasttrain.train.trainer import Trainer
 __all__ = [
     "Trainer", "Precision", "PRESETS", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateMonitor",
     "ThroughputMonitor", "Timer", "CSVLogger", "TensorBoardLogger", "Logger", "CheckpointError", "save_checkpoint",
-    "load_checkpoint", "TensorBatches",
+    "load_checkpoint",
 ]

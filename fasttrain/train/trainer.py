@@ -24,7 +24,6 @@ from torch import nn
 from fasttrain.ops import clip_grad_norm_
 from fasttrain.train.callbacks import Callback
 from fasttrain.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from fasttrain.train.data import TensorBatches, is_resumable
 from fasttrain.train.loggers import make_loggers
 from fasttrain.train.precision import Precision, resolve_precision
 
@@ -164,7 +163,9 @@ class Trainer:
         if isinstance(data, torch.Tensor):
             data = (data,)
         if isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data):
-            return TensorBatches(data, self.batch_size, shuffle=shuffle, seed=self.seed)
+            from fasttrain.data import Loader  # the fused loader: exact resume, order a pure function of the seed
+
+            return Loader(data, self.batch_size, shuffle=shuffle, seed=self.seed)
         if not hasattr(data, "__iter__"):
             raise TypeError(f"Trainer: data must be a loader, an iterable of batches or a tuple of tensors, got {type(data).__name__}")
         return data
@@ -533,8 +534,13 @@ def _batch_len(batch) -> int:
 
 
 def _peek(loader):
-    """One batch from a copy of the loader's first position, without advancing a resumable loader."""
-    if isinstance(loader, TensorBatches):
-        return tuple(t[: loader.batch_size] for t in loader.tensors)
+    """The loader's next batch, without advancing a resumable loader (its state is put back)."""
+    state = loader.state_dict() if is_resumable(loader) else None
     batch = next(iter(loader))
-    return tuple(batch) if isinstance(batch, (list, tuple)) else (batch,)
+    if state is not None:
+        loader.load_state_dict(state)
+    return tuple(t.clone() for t in batch) if isinstance(batch, (list, tuple)) else (batch.clone(),)
+
+
+def is_resumable(loader: Any) -> bool:
+    return all(hasattr(loader, a) for a in ("state_dict", "load_state_dict"))

@@ -218,3 +218,18 @@ def test_default_fused_adamw_trains_digits_and_bf16_true_matches_fp32(digits):
     bf16_true = _digits_acc(digits, precision="bf16-true")  # bf16 params, fp32 masters in the optimizer
     assert fp32 >= 0.95
     assert abs(bf16_true - fp32) <= 0.01
+
+
+# torch.compile's own import path touches torch.jit.script_method in torch 2.13, which warns.
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.* is deprecated:DeprecationWarning")
+def test_compile_auto_times_both_and_trains_like_eager(digits, capsys):
+    train, val = digits
+    losses = {}
+    for mode in (False, "auto"):
+        torch.manual_seed(0)
+        t = fasttrain.Trainer(digits_mlp(32), optimizer=adamw(), loss_fn=CE, max_steps=30, compile=mode, loggers=None)
+        t.fit(train)
+        losses[mode] = t.validate(val)["val_loss"]
+    out = capsys.readouterr().out
+    assert "compile='auto': eager" in out and "ms/step, compiled" in out
+    assert losses["auto"] == pytest.approx(losses[False], rel=1e-5)  # whichever it kept, same training
