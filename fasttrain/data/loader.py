@@ -161,25 +161,31 @@ class _Iter:
         return self
 
     def __next__(self):
-        if self.next_b >= self.end or self.stop.is_set():
+        b = self.next_b
+        if b >= self.end or self.stop.is_set():
             raise StopIteration
         sh = self.sh
-        with sh.cond:
-            while self.next_b not in sh.ready:
-                sh.consumer_waiting = True
-                sh.cond.wait()
-                sh.consumer_waiting = False
-            item = sh.ready.pop(self.next_b)
-            sh.consumed = self.next_b + 1  # seen by the workers' next poll
-        self.next_b += 1
-        if type(item) is _Done:  # the common case: nothing left to do on this thread
-            self.loader._advance(self.epoch, self.next_b)
-            return item.value
-        if isinstance(item, _Error):
+        # Fast path without the lock: workers only add to `ready` and only this thread pops, and a
+        # dict operation is atomic under the GIL. This is all a model step slower than loading pays.
+        item = sh.ready.pop(b, None)
+        if item is None:
+            with sh.cond:
+                while b not in sh.ready:
+                    sh.consumer_waiting = True
+                    sh.cond.wait()
+                    sh.consumer_waiting = False
+                item = sh.ready.pop(b)
+        sh.consumed = b + 1  # seen by the workers' next poll
+        if type(item) is _Error:
             self.close()
             raise item.exc
-        self.loader._advance(self.epoch, self.next_b)
-        return self.loader._finish(item)
+        self.next_b = b = b + 1
+        loader = self.loader
+        # Epochs advance by themselves, as the next iter() expects (self.end is len(loader)).
+        loader._epoch, loader._batch = (self.epoch + 1, 0) if b >= self.end else (self.epoch, b)
+        if type(item) is _Done:  # the common case: nothing left to do on this thread
+            return item.value
+        return loader._finish(item)
 
     def close(self) -> None:
         self.stop.set()
@@ -245,12 +251,6 @@ class _BaseLoader:
         epoch = _ops.check_seed(type(self).__name__, "epoch", epoch)
         if epoch != self._epoch:
             self._epoch, self._batch = epoch, 0
-
-    def _advance(self, epoch: int, next_batch: int) -> None:
-        if next_batch >= len(self):
-            self._epoch, self._batch = epoch + 1, 0  # epochs advance by themselves, as the next iter() expects
-        else:
-            self._epoch, self._batch = epoch, next_batch
 
     def state_dict(self) -> dict:
         """Position after the batches yielded so far: {"epoch", "batch"} plus the settings it is valid for."""
