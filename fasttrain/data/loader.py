@@ -53,10 +53,10 @@ def _stop_all() -> None:
         thread.join()
 
 
-# A worker waiting for the consumer to catch up re-checks after 0.5 ms, doubling up to 50 ms: fast
+# A worker waiting for the consumer to catch up re-checks after 0.5 ms, doubling up to 4 ms: fast
 # enough that the `prefetch` ready batches never run out behind a model step, rare enough to cost
-# well under 1% of a core.
-_POLL_S = (0.0005, 0.05)
+# well under 1% of a core. A consumer that finds no ready batch wakes the workers at once.
+_POLL_S = (0.0005, 0.004)
 
 _STATE_KEYS = ("num_samples", "seed", "shuffle", "drop_last", "batch_size", "rank", "world_size")
 
@@ -100,9 +100,10 @@ class _Shared:
         self.stop = threading.Event()
         self.ready: dict[int, object] = {}
         self.epoch, self.claim, self.consumed, self.end, self.ahead = epoch, start, start, end, ahead
-        # The consumer never wakes a worker: on a busy 2-core box the woken worker preempted the
-        # consumer inside next() (hundreds of us, measured). Workers that are far enough ahead poll
-        # instead, with a backoff (_POLL_S), while `prefetch` ready batches cover the delay.
+        # A consumer that finds its batch ready never wakes a worker: on a busy 2-core box the woken
+        # worker preempted the consumer inside next() (hundreds of us, measured). Workers that are
+        # far enough ahead poll instead, with a backoff (_POLL_S), while `prefetch` ready batches
+        # cover the delay; a consumer that has to wait anyway wakes them.
         self.consumer_waiting = False
 
 
@@ -170,6 +171,7 @@ class _Iter:
         item = sh.ready.pop(b, None)
         if item is None:
             with sh.cond:
+                sh.cond.notify_all()  # wake polling workers: this thread waits anyway, so no harm
                 while b not in sh.ready:
                     sh.consumer_waiting = True
                     sh.cond.wait()
