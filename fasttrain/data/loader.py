@@ -348,7 +348,8 @@ class Loader(_BaseLoader):
         RandomCrop, RandomHorizontalFlip, Widen), then @batch_transform functions, then Python
         callables. For a Dataset: one callable on each collated batch (consumer thread).
     num_threads: worker threads, each filling whole batches natively (default fasttrain._ext.num_threads()).
-    prefetch: batches prepared ahead. pin_memory: default True when device is CUDA. device: where batches go.
+    prefetch: finished batches kept ready ahead of the consumer (each worker also fills one more).
+    pin_memory: default True when device is CUDA. device: where batches go.
     rank, world_size: default from torch.distributed when initialised, else 0 and 1.
     Same seed -> the same batches for any num_threads; each epoch has a new order.
     """
