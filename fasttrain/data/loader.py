@@ -9,9 +9,10 @@ match, and the next batch is computed directly, no fast-forwarding.
 
 Pipeline. `num_threads` worker threads each take the next batch number, compute its indices and
 run the fused C++ pass on it (GIL released) that gathers the rows and applies the fused per-field
-transforms in one pass, then any numba `batch_transform`s; batches are yielded in order, and up to
-max(prefetch, num_threads) wait ready or in progress while the model computes. Plain Python callables
-run on the consumer thread.
+transforms in one pass, then any numba `batch_transform`s, and wraps the result as the batch the
+user gets; batches are yielded in order. Up to `prefetch` batches wait ready while every worker
+fills one more, so a model step slower than loading never waits: `next()` only hands over a
+finished batch. Plain Python callables (and the copy to a device) run on the consumer thread.
 
 Buffer contract. Batches are views of a small pool of preallocated buffers, and a buffer is refilled
 only when nothing outside the loader references its memory any more (checked through the storage's
@@ -52,6 +53,11 @@ def _stop_all() -> None:
         thread.join()
 
 
+# A worker waiting for the consumer to catch up re-checks after 0.5 ms, doubling up to 4 ms: fast
+# enough that the `prefetch` ready batches never run out behind a model step, rare enough to cost
+# well under 1% of a core. A consumer that finds no ready batch wakes the workers at once.
+_POLL_S = (0.0005, 0.004)
+
 _STATE_KEYS = ("num_samples", "seed", "shuffle", "drop_last", "batch_size", "rank", "world_size")
 
 
@@ -72,6 +78,15 @@ class _Buffers:
         return all(_use_count(t) == c for t, c in zip(self.tensors, self.idle))
 
 
+class _Done:
+    """A batch finished by a worker (views already wrapped): the consumer returns it as is."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
 class _Error:
     def __init__(self, exc: BaseException):
         self.exc = exc
@@ -85,6 +100,11 @@ class _Shared:
         self.stop = threading.Event()
         self.ready: dict[int, object] = {}
         self.epoch, self.claim, self.consumed, self.end, self.ahead = epoch, start, start, end, ahead
+        # A consumer that finds its batch ready never wakes a worker: on a busy 2-core box the woken
+        # worker preempted the consumer inside next() (hundreds of us, measured). Workers that are
+        # far enough ahead poll instead, with a backoff (_POLL_S), while `prefetch` ready batches
+        # cover the delay; a consumer that has to wait anyway wakes them.
+        self.consumer_waiting = False
 
 
 def _worker(ref: weakref.ref, sh: _Shared) -> None:
@@ -96,8 +116,10 @@ def _worker(ref: weakref.ref, sh: _Shared) -> None:
     so abandoning it mid-epoch ends the workers instead of leaving them waiting forever."""
     while True:
         with sh.cond:
+            poll = _POLL_S[0]
             while not sh.stop.is_set() and sh.claim < sh.end and sh.claim >= sh.consumed + sh.ahead:
-                sh.cond.wait(0.05)
+                sh.cond.wait(poll)
+                poll = min(2 * poll, _POLL_S[1])
                 if ref() is None:
                     return
             if sh.stop.is_set() or sh.claim >= sh.end:
@@ -114,16 +136,19 @@ def _worker(ref: weakref.ref, sh: _Shared) -> None:
         del it
         with sh.cond:
             sh.ready[b] = item
-            sh.cond.notify_all()
+            if sh.consumer_waiting:
+                sh.cond.notify_all()
 
 
 class _Iter:
-    """One pass over the rest of an epoch. Workers stay at most max(prefetch, workers) batches ahead."""
+    """One pass over the rest of an epoch. Workers stay at most prefetch + workers batches ahead: with
+    only `prefetch` in flight, a worker that finished early idled until the consumer caught up with
+    its slower partner, which cost the 2-core box a third of its throughput."""
 
     def __init__(self, loader: _BaseLoader, epoch: int, start: int):
         self.loader, self.epoch, self.next_b, self.end = loader, epoch, start, len(loader)
         workers = loader._workers()
-        self.sh = _Shared(epoch, start, self.end, max(loader.prefetch, workers))
+        self.sh = _Shared(epoch, start, self.end, loader.prefetch + workers)
         self.stop = self.sh.stop
         self.threads = [
             threading.Thread(target=_worker, args=(weakref.ref(self), self.sh), name=f"fasttrain-loader-{i}", daemon=True)
@@ -137,21 +162,32 @@ class _Iter:
         return self
 
     def __next__(self):
-        if self.next_b >= self.end or self.stop.is_set():
+        b = self.next_b
+        if b >= self.end or self.stop.is_set():
             raise StopIteration
         sh = self.sh
-        with sh.cond:
-            while self.next_b not in sh.ready:
-                sh.cond.wait()
-            item = sh.ready.pop(self.next_b)
-            sh.consumed = self.next_b + 1
-            sh.cond.notify_all()
-        if isinstance(item, _Error):
+        # Fast path without the lock: workers only add to `ready` and only this thread pops, and a
+        # dict operation is atomic under the GIL. This is all a model step slower than loading pays.
+        item = sh.ready.pop(b, None)
+        if item is None:
+            with sh.cond:
+                sh.cond.notify_all()  # wake polling workers: this thread waits anyway, so no harm
+                while b not in sh.ready:
+                    sh.consumer_waiting = True
+                    sh.cond.wait()
+                    sh.consumer_waiting = False
+                item = sh.ready.pop(b)
+        sh.consumed = b + 1  # seen by the workers' next poll
+        if type(item) is _Error:
             self.close()
             raise item.exc
-        self.next_b += 1
-        self.loader._advance(self.epoch, self.next_b)
-        return self.loader._finish(item)
+        self.next_b = b = b + 1
+        loader = self.loader
+        # Epochs advance by themselves, as the next iter() expects (self.end is len(loader)).
+        loader._epoch, loader._batch = (self.epoch + 1, 0) if b >= self.end else (self.epoch, b)
+        if type(item) is _Done:  # the common case: nothing left to do on this thread
+            return item.value
+        return loader._finish(item)
 
     def close(self) -> None:
         self.stop.set()
@@ -218,12 +254,6 @@ class _BaseLoader:
         if epoch != self._epoch:
             self._epoch, self._batch = epoch, 0
 
-    def _advance(self, epoch: int, next_batch: int) -> None:
-        if next_batch >= len(self):
-            self._epoch, self._batch = epoch + 1, 0  # epochs advance by themselves, as the next iter() expects
-        else:
-            self._epoch, self._batch = epoch, next_batch
-
     def state_dict(self) -> dict:
         """Position after the batches yielded so far: {"epoch", "batch"} plus the settings it is valid for."""
         return {"epoch": self._epoch, "batch": self._batch, **{k: getattr(self, k) for k in _STATE_KEYS}}
@@ -286,7 +316,9 @@ class _BaseLoader:
         b = _Buffers(make())
         b.busy = True
         with self._pool_lock:
-            if len(self._pool) < self.prefetch + self._threads() + 2:
+            # in flight (prefetch + workers) + held by the consumer: a pool that small would have to
+            # allocate (and page-fault) fresh buffers in steady state.
+            if len(self._pool) < self.prefetch + self._threads() + 3:
                 self._pool.append(b)
         return b
 
@@ -316,7 +348,8 @@ class Loader(_BaseLoader):
         RandomCrop, RandomHorizontalFlip, Widen), then @batch_transform functions, then Python
         callables. For a Dataset: one callable on each collated batch (consumer thread).
     num_threads: worker threads, each filling whole batches natively (default fasttrain._ext.num_threads()).
-    prefetch: batches prepared ahead. pin_memory: default True when device is CUDA. device: where batches go.
+    prefetch: finished batches kept ready ahead of the consumer (each worker also fills one more).
+    pin_memory: default True when device is CUDA. device: where batches go.
     rank, world_size: default from torch.distributed when initialised, else 0 and 1.
     Same seed -> the same batches for any num_threads; each epoch has a new order.
     """
@@ -360,6 +393,8 @@ class Loader(_BaseLoader):
             self._shapes.append((shape, dtype))
             self._post.append(post)
             self._python.append(py)
+        # Without Python callables or a device copy, the worker hands over the finished batch.
+        self._worker_finishes = not any(self._python) and (self.device is None or self.device.type == "cpu")
 
     @staticmethod
     def _array(name, v) -> np.ndarray:
@@ -425,6 +460,8 @@ class Loader(_BaseLoader):
         for v, post in zip(views, self._post):
             for fn in post:
                 fn(v.numpy())  # nogil numba: runs here, in the loader thread
+        if self._worker_finishes:
+            return _Done(tuple(views) if self._as_tuple else dict(zip(self._arrays, views)))
         return bufs, views
 
     def _workers(self) -> int:

@@ -162,6 +162,27 @@ def test_held_batch_stays_valid():
     assert all(torch.equal(held[k], copy[k]) for k in copy) and torch.equal(view, vcopy)
 
 
+@pytest.mark.parametrize("prefetch,threads", [(1, 1), (3, 2)])
+def test_workers_run_prefetch_plus_workers_batches_ahead(prefetch, threads):
+    # A model step slower than loading finds `prefetch + num_threads` batches finished by the
+    # workers (views already wrapped), so next() only hands one over; they equal a fresh run's.
+    loader = Loader(dataset(400), 10, seed=3, num_threads=threads, prefetch=prefetch, transforms=image_tf())
+    it = iter(loader)
+    first = next(it)
+    sh = it.sh
+    with sh.cond:
+        sh.consumer_waiting = True  # ask the workers to notify as they file batches
+        assert sh.cond.wait_for(lambda: len(sh.ready) == prefetch + threads, timeout=60)  # a bound, not a timing
+        sh.consumer_waiting = False
+    assert sorted(sh.ready) == list(range(1, 1 + prefetch + threads))
+    assert all(isinstance(item.value, dict) for item in sh.ready.values())
+    got = [first] + [next(it) for _ in range(prefetch + threads + 2)]
+    ref = Loader(dataset(400), 10, seed=3, num_threads=1, transforms=image_tf())
+    for a, b in zip(got, ref):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert loader.state_dict()["batch"] == len(got)
+
+
 def test_python_callable_and_batch_transform():
     pytest.importorskip("numba", reason="batch_transform needs numba (the 'numba' extra)")
 
@@ -270,7 +291,7 @@ def test_abandoned_iterator_stops_its_thread():
     del it
     gc.collect()
     for t in threads:
-        t.join(timeout=60)  # a bound, not a timing assertion: workers poll their iterator every 50 ms
+        t.join(timeout=60)  # a bound, not a timing assertion: waiting workers poll their iterator every few ms
     assert not any(t.is_alive() for t in threads)
     assert loader.state_dict()["batch"] == 1 and len(list(loader)) == 99  # continues where it stopped
 
