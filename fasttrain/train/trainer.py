@@ -498,12 +498,6 @@ class _Writer(threading.Thread):
 
     def run(self):
         try:
-            # Lowest CPU priority for this thread only (Linux nice is per thread): serializing and
-            # hashing a checkpoint then fills idle gaps instead of taking cores from training.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
-            pass
-        try:
             self.fn()
         except BaseException as e:  # re-raised on the training thread by join()
             self.error = e
