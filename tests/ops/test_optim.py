@@ -147,14 +147,21 @@ def test_adamw_step_amsgrad_needs_buffer():
 LOW = [torch.bfloat16, torch.float16]
 
 
+# Every (param dtype, state dtype, masters) combination except all-fp32 without masters, which is the
+# fp32 path covered by test_adamw_step_matches_reference.
+MIXED_CASES = [
+    pytest.param(pdt, sdt, use_master, id=f"{str(pdt)[6:]}-{str(sdt)[6:]}-{'master' if use_master else 'no-master'}")
+    for pdt in (torch.float32, torch.bfloat16, torch.float16)
+    for sdt in (torch.float32, torch.bfloat16)
+    for use_master in (False, True)
+    if not (pdt == sdt == torch.float32 and not use_master)
+]
+
+
 @pytest.mark.parametrize("n", [1, 7, 4099, 65537 * 2 + 5])
-@pytest.mark.parametrize("pdt", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("sdt", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("use_master", [False, True], ids=["no-master", "master"])
+@pytest.mark.parametrize("pdt, sdt, use_master", MIXED_CASES)
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["", "amsgrad"])
 def test_adamw_step_mixed_matches_reference(isa, n, pdt, sdt, use_master, amsgrad):
-    if pdt == sdt == torch.float32 and not use_master:
-        pytest.skip("the fp32 path is covered by test_adamw_step_matches_reference")
     p, grad, m, v, mx = make_state(n, seed=7)
     master = p.clone()
     bufs = [p.to(pdt), grad.to(pdt), m.to(sdt), v.to(sdt), mx.to(sdt) if amsgrad else None]
