@@ -61,8 +61,13 @@ _POLL_S = (0.0005, 0.004)
 _STATE_KEYS = ("num_samples", "seed", "shuffle", "drop_last", "batch_size", "rank", "world_size")
 
 
+# Private torch API (used by torch's own cudagraph trees). Older torch builds registered it only with
+# CUDA; without it buffers are never reused (always correct, only slower: a fresh allocation per batch).
+_STORAGE_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
+
+
 def _use_count(t: torch.Tensor) -> int:
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+    return _STORAGE_USE_COUNT(t.untyped_storage()._cdata) if _STORAGE_USE_COUNT is not None else -1
 
 
 class _Buffers:
@@ -75,6 +80,8 @@ class _Buffers:
         self.busy = False  # taken by a worker that has not yet made its views
 
     def free(self) -> bool:
+        if _STORAGE_USE_COUNT is None:
+            return False
         return all(_use_count(t) == c for t, c in zip(self.tensors, self.idle))
 
 

@@ -311,3 +311,16 @@ def test_worker_error_reaches_the_consumer():
     assert next(it).tolist() == [0, 1, 2, 3]
     with pytest.raises(KeyError, match="sample 5 is missing"):
         next(it)
+
+
+def test_without_storage_use_count_buffers_are_never_reused(monkeypatch):
+    """Older CPU-only torch builds lack torch._C._storage_Use_Count: the loader must stay correct."""
+    import fasttrain.data.loader as loader_mod
+    from fasttrain.data import Loader
+
+    monkeypatch.setattr(loader_mod, "_STORAGE_USE_COUNT", None)
+    x = torch.arange(40, dtype=torch.float32).view(20, 2)
+    held = list(Loader((x,), batch_size=4, shuffle=True, seed=3))
+    again = list(Loader((x,), batch_size=4, shuffle=True, seed=3))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(held, again))
+    assert sorted(torch.cat([b[0] for b in held])[:, 0].tolist()) == x[:, 0].tolist()
