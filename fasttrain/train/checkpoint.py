@@ -16,7 +16,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "CheckpointError", "atomic_write_bytes"]
+__all__ = [
+    "save_checkpoint", "load_checkpoint", "list_checkpoints", "CheckpointError", "atomic_write_bytes",
+    "serialize_checkpoint", "write_checkpoint_bytes",
+]
 
 MAGIC = b"FTCKPT01"
 _STEP_RE = re.compile(r"^step-(\d+)\.ckpt$")
@@ -47,12 +50,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+def serialize_checkpoint(state: dict[str, Any]) -> bytes:
+    """The payload bytes of a checkpoint (a `torch.save` of `state`). Holds the GIL: call it on the
+    training thread, where it costs one short pause instead of contending with the loop."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    payload = buf.getvalue()
+    return buf.getvalue()
+
+
+def write_checkpoint_bytes(path: str | os.PathLike, payload: bytes) -> Path:
+    """Checksums and writes a serialized payload atomically. Releases the GIL for the hash and the
+    I/O, so it can run on a background thread without slowing the training thread."""
     atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
     return Path(path)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    return write_checkpoint_bytes(path, serialize_checkpoint(state))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

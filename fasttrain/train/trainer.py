@@ -23,7 +23,13 @@ from torch import nn
 
 from fasttrain.ops import clip_grad_norm_
 from fasttrain.train.callbacks import Callback
-from fasttrain.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from fasttrain.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    serialize_checkpoint,
+    write_checkpoint_bytes,
+)
 from fasttrain.train.loggers import make_loggers
 from fasttrain.train.precision import Precision, resolve_precision
 
@@ -408,18 +414,19 @@ class Trainer:
         return save_checkpoint(path, self.state_dict())
 
     def _save_step_checkpoint(self) -> None:
-        """Periodic checkpoint, written in the background: the state is copied (staged) on the calling
-        thread, then serialized, fsynced and renamed by a writer thread while training goes on. One
-        write is in flight at a time; fit() waits for the last one before it returns. A crash while a
-        write is in flight leaves the previous checkpoint, from which resuming is just as exact."""
+        """Periodic checkpoint. The state is serialized on the training thread (pickling holds the GIL:
+        done in the background it would stall the loop in switch-interval slices); the checksum, the
+        write and the fsync release the GIL and run on a writer thread while training goes on. One write
+        is in flight at a time; fit() waits for the last one before it returns. A crash during a write
+        leaves the previous checkpoint, from which resuming is just as exact."""
         if self.checkpoint_dir is None:
             return
         self.wait_for_checkpoint()
-        staged = _clone_tensors(self.state_dict())
+        payload = serialize_checkpoint(self.state_dict())
         path, directory, keep = self.checkpoint_dir / f"step-{self.global_step}.ckpt", self.checkpoint_dir, self.keep_last_k
 
         def write():
-            save_checkpoint(path, staged)
+            write_checkpoint_bytes(path, payload)
             for old in list_checkpoints(directory)[:-keep]:
                 old.unlink(missing_ok=True)
 
@@ -506,17 +513,6 @@ class _Writer(threading.Thread):
         super().join(timeout)
         if self.error is not None:
             raise self.error
-
-
-def _clone_tensors(obj):
-    """Deep copy of the tensors in a (nested) state dict, so training can go on mutating the originals."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone_tensors(v) for v in obj)
-    return obj
 
 
 def _batch_len(batch) -> int:
