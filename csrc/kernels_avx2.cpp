@@ -7,47 +7,15 @@
 #include <cmath>
 
 #include "common.h"
+#include "simd_avx2.h"
 
 namespace ft::avx2 {
 namespace {
 
 constexpr int W = 8;  // fp32 lanes per vector
 
-template <DType D>
-inline __m256 load(const void* p, int64_t i) {
-  if constexpr (D == DType::f32) {
-    return _mm256_loadu_ps(static_cast<const float*>(p) + i);
-  } else {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
-    if constexpr (D == DType::f16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  }
-}
-
-// fp32 -> bf16 bits, round-to-nearest-even, NaNs quieted (same rule as common.h).
-inline __m128i to_bf16(__m256 v) {
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  const __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-  r = _mm256_blendv_epi8(r, qnan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-  // Values fit in 16 bits, so the saturating pack is exact; it packs per 128-bit lane, so
-  // gather qwords 0 and 2 into the low half.
-  const __m256i packed = _mm256_packus_epi32(r, r);
-  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
-}
-
-template <DType D>
-inline void store(void* p, int64_t i, __m256 v) {
-  if constexpr (D == DType::f32) {
-    _mm256_storeu_ps(static_cast<float*>(p) + i, v);
-  } else {
-    __m128i h;
-    if constexpr (D == DType::f16) h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    else h = to_bf16(v);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(p) + i), h);
-  }
-}
+using simd256::load;
+using simd256::store;
 
 inline float hsum(__m256 v) {
   const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

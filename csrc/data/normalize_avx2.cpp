@@ -1,19 +1,13 @@
 // AVX2 uint8 -> normalized float kernel: 8 lanes, scalar tail (only called after the CPU check).
 #include <immintrin.h>
 
+#include "../simd_avx2.h"
 #include "data.h"
 
 namespace ft::data::avx2 {
 namespace {
 
-// fp32 -> bf16 bits, round-to-nearest-even (inputs here are finite: std > 0 is checked in Python).
-inline __m128i to_bf16(__m256 v) {
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  // packus works per 128-bit lane: gather the two halves' low words into one 128-bit vector.
-  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-}
+using simd256::to_bf16;  // NaN quieting never triggers here: std > 0 is checked in Python
 
 void u8_normalize(const uint8_t* src, int64_t n, const float* mean, const float* std, void* out, DType dt) {
   int64_t i = 0;

@@ -2,6 +2,7 @@
 // 16 fp32 lanes; the tail runs the same vector code under a mask, so odd sizes take one path.
 #include <immintrin.h>
 
+#include "../simd_avx512.h"
 #include "optim.h"
 #include "optim_elem.h"
 
@@ -10,7 +11,10 @@ namespace {
 
 constexpr int W = 16;
 
-inline __mmask16 mask_for(int64_t left) { return left >= W ? __mmask16(0xffff) : __mmask16((1u << left) - 1u); }
+using simd512::bf16_rne_bits;
+using simd512::load;
+using simd512::mask_for;
+using simd512::store;
 
 // 1 / (sqrt(v) / bc2_sqrt + eps) without a division. Zen 4 has one divide/sqrt unit and at ~45 GB/s
 // per core the exact form (one sqrt + two divides per element, as torch writes it) kept it busy
@@ -93,27 +97,6 @@ void lion_f32(float* p, const float* g, float* m, int64_t n, const LionArgs& a) 
 
 // --- mixed precision -------------------------------------------------------------------------
 
-template <DType D>
-inline __m512 load(const void* p, int64_t i, __mmask16 k) {
-  if constexpr (D == DType::f32) {
-    return _mm512_maskz_loadu_ps(k, static_cast<const float*>(p) + i);
-  } else {
-    const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(p) + i);
-    if constexpr (D == DType::f16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-}
-
-// fp32 -> bf16 bits, round-to-nearest-even, NaNs quieted (common.h's rule), as 32-bit lanes.
-inline __m512i bf16_rne_bits(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  return _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-}
-
-// Stochastic rounding with the same noise as optim_elem.h's sr_hash / f32_to_bf16_sr, 16 lanes at once.
 inline __m512i bf16_sr_bits(__m512 v, int64_t i, uint32_t seed) {
   const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(int32_t(uint32_t(i))),
                                        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
@@ -129,18 +112,6 @@ inline __m512i bf16_sr_bits(__m512 v, int64_t i, uint32_t seed) {
   const __mmask16 finite = _mm512_cmpneq_epi32_mask(_mm512_and_si512(u, expo), expo);
   const __m512i noisy = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_and_si512(x, _mm512_set1_epi32(0xffff))), 16);
   return _mm512_mask_mov_epi32(bf16_rne_bits(v), finite, noisy);
-}
-
-template <DType D>
-inline void store(void* p, int64_t i, __mmask16 k, __m512 v) {
-  if constexpr (D == DType::f32) {
-    _mm512_mask_storeu_ps(static_cast<float*>(p) + i, k, v);
-  } else {
-    __m256i h;
-    if constexpr (D == DType::f16) h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    else h = _mm512_cvtepi32_epi16(bf16_rne_bits(v));
-    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p) + i, k, h);
-  }
 }
 
 template <DType P, DType S, bool MASTER>
