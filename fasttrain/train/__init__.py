@@ -9,12 +9,12 @@ from fasttrain.train.callbacks import (
     Timer,
 )
 from fasttrain.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fasttrain.train.loggers import CSVLogger, Logger, TensorBoardLogger
+from fasttrain.train.loggers import CSVLogger, Logger, MLflowLogger, TensorBoardLogger
 from fasttrain.train.precision import PRESETS, Precision
 from fasttrain.train.trainer import Trainer
 
 __all__ = [
     "Trainer", "Precision", "PRESETS", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateMonitor",
-    "ThroughputMonitor", "Timer", "CSVLogger", "TensorBoardLogger", "Logger", "CheckpointError", "save_checkpoint",
+    "ThroughputMonitor", "Timer", "CSVLogger", "TensorBoardLogger", "MLflowLogger", "Logger", "CheckpointError", "save_checkpoint",
     "load_checkpoint",
 ]

@@ -211,7 +211,41 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ fit
 
     def fit(self, train_data, val_data=None, resume: str | os.PathLike | None = None) -> "Trainer":
-        """Trains until max_epochs/max_steps or a callback sets `should_stop`. resume: "last" or a path."""
+        """Trains until max_epochs/max_steps or a callback sets `should_stop`. resume: "last" or a path.
+        Loggers are finalized in every case: "success", "failed" (an exception) or "interrupted"."""
+        try:
+            self._fit(train_data, val_data, resume)
+        except KeyboardInterrupt:
+            self._finalize_loggers("interrupted")
+            raise
+        except BaseException:
+            self._finalize_loggers("failed")
+            raise
+        self._finalize_loggers("success")
+        return self
+
+    def _finalize_loggers(self, status: str) -> None:
+        for lg in self.loggers:
+            lg.finalize(status)
+
+    def hparams(self) -> dict[str, Any]:
+        """The run's configuration as a flat dict, given to every logger's `log_hyperparams` at fit start."""
+        group = self.optimizer.param_groups[0] if self.optimizer.param_groups else {}
+        lr = group.get("lr")
+        out = {
+            "model": type(self.model).__name__,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "optimizer": type(self.optimizer).__module__ + "." + type(self.optimizer).__qualname__,
+            "lr": float(lr) if lr is not None else None,  # a tensor lr is read once here, at fit start
+            "weight_decay": group.get("weight_decay"),
+            "precision": repr(self.precision),
+            "max_epochs": self.max_epochs, "max_steps": self.max_steps, "grad_accum": self.grad_accum,
+            "clip_grad_norm": self.clip_grad_norm, "batch_size": getattr(self.train_loader, "batch_size", None),
+            "log_every": self.log_every, "compile": self.compile, "seed": self.seed, "device": str(self.device),
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _fit(self, train_data, val_data, resume) -> None:
         self.train_loader = self._as_loader(train_data, shuffle=True)
         self._seed_everything()
         if resume is not None:
@@ -222,6 +256,9 @@ class Trainer:
         if self.compile:
             self._setup_compile()
         bar = self._progress_bar()
+        hp = self.hparams() if self.loggers else {}
+        for lg in self.loggers:
+            lg.log_hyperparams(hp)
         self._call("on_fit_start")
         # Detached per-micro-batch losses since the last log point. Keeping references costs nothing per
         # step (no extra tensor ops); they are summed and checked for NaN/Inf only at the log point.
@@ -278,9 +315,6 @@ class Trainer:
         if bar is not None:
             bar.close()
         self._call("on_fit_end")
-        for lg in self.loggers:
-            lg.close()
-        return self
 
     def _done(self) -> bool:
         return (

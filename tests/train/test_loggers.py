@@ -1,0 +1,116 @@
+"""Loggers: CSV metrics + hyperparameters, MLflow runs (metrics, params, end status), missing extras."""
+
+import json
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import fasttrain
+from fasttrain.examples.digits import digits_mlp
+from fasttrain.train import Callback, CSVLogger, Logger, MLflowLogger
+
+CE = nn.functional.cross_entropy
+
+
+def small_data(n=96):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def trainer(loggers, **kw):
+    torch.manual_seed(0)
+    kw.setdefault("max_steps", 6)
+    return fasttrain.Trainer(digits_mlp(16), optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1), loss_fn=CE,
+                             log_every=2, loggers=loggers, verbose=False, progress=False, **kw)
+
+
+class Boom(Callback):
+    def on_train_batch_end(self, trainer):
+        if trainer.global_step == 3:
+            raise RuntimeError("boom")
+
+
+class Recording(Logger):
+    def __init__(self):
+        self.calls = []
+
+    def log_hyperparams(self, params):
+        self.calls.append(("hparams", dict(params)))
+
+    def log(self, step, metrics):
+        self.calls.append(("log", step))
+
+    def finalize(self, status):
+        self.calls.append(("finalize", status))
+
+
+def test_logger_protocol_order_and_status():
+    rec = Recording()
+    trainer([rec]).fit(small_data())
+    kinds = [c[0] for c in rec.calls]
+    assert kinds[0] == "hparams" and kinds[-1] == "finalize" and rec.calls[-1][1] == "success"
+    assert [c[1] for c in rec.calls if c[0] == "log"] == [2, 4, 6]
+    hp = rec.calls[0][1]
+    assert hp["max_steps"] == 6 and hp["lr"] == pytest.approx(0.1) and hp["optimizer"] == "torch.optim.sgd.SGD"
+    rec = Recording()
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer([rec], callbacks=[Boom()]).fit(small_data())
+    assert rec.calls[-1] == ("finalize", "failed")
+
+
+def test_csv_logger_writes_metrics_and_hparams(tmp_path):
+    trainer("csv", checkpoint_dir=tmp_path).fit(small_data())
+    hp = json.loads((tmp_path / "hparams.json").read_text())
+    assert hp["max_steps"] == 6 and hp["grad_accum"] == 1
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:2] == ["step", "epoch"] and len(rows) == 4  # header + steps 2, 4, 6
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    # MLflow 3 keeps the file store in maintenance mode behind this switch; it needs no server or database.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    return f"file:{tmp_path / 'mlruns'}"
+
+
+def test_mlflow_logger_records_run(mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    lg = MLflowLogger(experiment_name="digits", run_name="r1", tracking_uri=mlflow_store, tags={"team": "ft"})
+    trainer([lg]).fit(small_data())
+    client = MlflowClient(tracking_uri=mlflow_store)
+    run = client.get_run(lg.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "r1" and run.data.tags["team"] == "ft"
+    assert run.data.params["max_steps"] == "6"
+    hist = client.get_metric_history(lg.run_id, "train_loss")
+    assert [m.step for m in hist] == [2, 4, 6] and all(m.value > 0 for m in hist)
+    assert client.get_experiment(run.info.experiment_id).name == "digits"
+
+
+def test_mlflow_logger_marks_failed_run_and_continues_run_id(mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    lg = MLflowLogger(tracking_uri=mlflow_store, prefix="train/")
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer([lg], callbacks=[Boom()]).fit(small_data())
+    client = MlflowClient(tracking_uri=mlflow_store)
+    assert client.get_run(lg.run_id).info.status == "FAILED"
+    again = MLflowLogger(tracking_uri=mlflow_store, run_id=lg.run_id, prefix="train/")
+    again.log(10, {"train_loss": 0.5})
+    again.close()
+    assert [m.step for m in client.get_metric_history(lg.run_id, "train/train_loss")] == [2, 10]
+
+
+def test_missing_mlflow_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
+    monkeypatch.setitem(sys.modules, "mlflow.entities", None)
+    with pytest.raises(ImportError, match="mlflow-skinny"):
+        MLflowLogger()
+
+
+def test_unknown_logger_lists_choices():
+    with pytest.raises(ValueError, match="'csv', 'tensorboard', 'mlflow'"):
+        trainer("wandb")
