@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fasttrain.train.checkpoint import write_in_background
+
 if TYPE_CHECKING:
     from fasttrain.train.trainer import Trainer
 
@@ -101,18 +103,19 @@ class ModelCheckpoint(Callback):
 
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         d = self._dir(trainer)
+        # Written by the background writer (FIFO: the deletions below land after the files they replace).
         if self.save_last:
-            trainer.save_checkpoint(d / "last.ckpt")
+            trainer.save_checkpoint(d / "last.ckpt", blocking=False)
         if self.save_top_k <= 0 or self.monitor not in metrics:
             return
         value = metrics[self.monitor]
         if len(self.best) < self.save_top_k or _better(self.mode, value, self.best[-1][0]):
             path = d / f"best-{trainer.global_step}.ckpt"
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, blocking=False)
             self.best.append((value, str(path)))
             self.best.sort(key=lambda vp: vp[0], reverse=self.mode == "max")
             for _, old in self.best[self.save_top_k:]:
-                Path(old).unlink(missing_ok=True)
+                write_in_background(Path(old).unlink, missing_ok=True)
             self.best = self.best[: self.save_top_k]
 
     @property

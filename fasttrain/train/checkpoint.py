@@ -1,27 +1,37 @@
 """Checkpoint files: atomic (temp file + fsync + rename) and checksummed.
 
-Layout: 8-byte magic, 32-byte SHA-256 of the payload, payload (a `torch.save` of the state dict).
+Layout: 8-byte magic, 32-byte SHA-256 of the payload, payload. Version FTCKPT02 (written now): the
+payload is `fasttrain.train._serial` (a pickle with the tensors' bytes out of band, ~2x faster to write
+than torch.save); FTCKPT01 (still read): a legacy-format `torch.save`.
 A truncated or altered file fails `load_checkpoint` with an error naming the file.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import os
 import re
+import sys
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from fasttrain.train import _serial
+
 __all__ = [
     "save_checkpoint", "load_checkpoint", "list_checkpoints", "CheckpointError", "atomic_write_bytes",
-    "serialize_checkpoint", "write_checkpoint_bytes",
+    "serialize_checkpoint", "write_checkpoint_bytes", "write_in_background", "wait_for_writes", "raise_failed_writes",
+    "prune_checkpoints",
 ]
 
-MAGIC = b"FTCKPT01"
+MAGIC = b"FTCKPT02"
+_MAGIC_V1 = b"FTCKPT01"
 _STEP_RE = re.compile(r"^step-(\d+)\.ckpt$")
 
 
@@ -29,20 +39,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated or corrupt."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to `path` so that readers see either the old file or the whole new one."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """Writes `data` to `path` so that readers see either the old file or the whole new one.
+    durable=False skips the two fsyncs (~10 ms here): for log files rewritten on the training thread,
+    where losing the newest rows in a power cut is acceptable but a stall at every log point is not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
@@ -51,13 +66,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def serialize_checkpoint(state: dict[str, Any]) -> bytes:
-    """The payload bytes of a checkpoint (a `torch.save` of `state`). Holds the GIL: call it on the
-    training thread, where it costs one short pause instead of contending with the loop."""
-    buf = io.BytesIO()
-    # The legacy (non-zip) format: ~40% less time for the small states saved every epoch (measured:
-    # 0.9 vs 1.6 ms for a 1 MB state), and the SHA-256 header already guards integrity.
-    torch.save(state, buf, _use_new_zipfile_serialization=False)
-    return buf.getvalue()
+    """The payload bytes of a checkpoint. Holds the GIL: call it on the training thread, where it costs
+    one short pause instead of contending with the loop."""
+    return _serial.dumps(state)
 
 
 def write_checkpoint_bytes(path: str | os.PathLike, payload: bytes) -> Path:
@@ -71,26 +82,91 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return write_checkpoint_bytes(path, serialize_checkpoint(state))
 
 
+# ---------------------------------------------------------------------------------- background writes
+# One FIFO writer thread for the whole process: checkpoint files (checksum + write + fsync, all of which
+# release the GIL) and their clean-up run there in submission order while training goes on. Readers in
+# this module wait for it first, so the process always reads its own writes; the interpreter waits for
+# the queue at exit (ThreadPoolExecutor joins its workers), and errors nobody collected are printed.
+_executor: ThreadPoolExecutor | None = None
+_pending: list[Future] = []
+_lock = threading.Lock()
+
+
+def write_in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    """Queues `fn(*args, **kwargs)` on fasttrain's writer thread (FIFO). Its error is raised by the next
+    `wait_for_writes()` (and by the returned future)."""
+    global _executor
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fasttrain-writer")
+        fut = _executor.submit(fn, *args, **kwargs)
+        _pending[:] = [f for f in _pending if not f.done() or f.exception() is not None]
+        _pending.append(fut)
+    return fut
+
+
+def wait_for_writes() -> None:
+    """Blocks until every queued background write is done; raises the first error among them."""
+    with _lock:
+        pending, _pending[:] = list(_pending), []
+    errors = [e for f in pending if (e := f.exception()) is not None]  # exception() waits
+    if errors:
+        raise errors[0]
+
+
+def raise_failed_writes() -> None:
+    """Raises the first error among finished background writes, without waiting for the others."""
+    with _lock:
+        failed = [f for f in _pending if f.done() and f.exception() is not None]
+        _pending[:] = [f for f in _pending if f not in failed]
+    if failed:
+        raise failed[0].exception()
+
+
+@atexit.register
+def _report_lost_errors() -> None:
+    # Runs after the executor's workers were joined (threading's exit hooks run first).
+    for f in _pending:
+        if f.done() and f.exception() is not None:
+            print(f"fasttrain: a background write failed: {f.exception()!r}", file=sys.stderr)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    wait_for_writes()
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        with path.open("rb") as f:
+            header = f.read(40)
+            payload = _serial.empty_buffer(max(path.stat().st_size - 40, 0))  # aligned for the dtype views
+            got = f.readinto(payload.numpy())
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
-    if len(blob) < 40 or blob[:8] != MAGIC:
+    if len(header) < 40 or header[:8] not in (MAGIC, _MAGIC_V1) or got != len(payload):
         raise CheckpointError(f"{path} is not a fasttrain checkpoint (bad header; truncated or another format)")
-    payload = blob[40:]
-    if hashlib.sha256(payload).digest() != blob[8:40]:
+    if hashlib.sha256(payload.numpy()).digest() != header[8:40]:
         raise CheckpointError(f"checkpoint {path} is corrupt: SHA-256 mismatch over {len(payload)} payload bytes")
-    # weights_only=False: the state holds RNG states and config dicts written by fasttrain itself,
-    # whose integrity the checksum has just verified.
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+    # Full unpickling (not weights_only): the state holds RNG states and config dicts written by
+    # fasttrain itself, whose integrity the checksum has just verified.
+    if header[:8] == _MAGIC_V1:
+        return torch.load(io.BytesIO(payload.numpy().tobytes()), map_location=map_location, weights_only=False)
+    return _serial.loads(payload, map_location)
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """step-N.ckpt files in `directory`, oldest step first."""
+    """step-N.ckpt files in `directory`, oldest step first (after queued writes have landed)."""
+    wait_for_writes()
+    return _step_files(directory)
+
+
+def _step_files(directory: str | os.PathLike) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep: int) -> None:
+    """Deletes all but the newest `keep` step-N.ckpt files (no waiting: runs on the writer thread too)."""
+    for old in _step_files(directory)[:-keep]:
+        old.unlink(missing_ok=True)

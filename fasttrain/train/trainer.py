@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -26,9 +25,12 @@ from fasttrain.train.callbacks import Callback
 from fasttrain.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
-    save_checkpoint,
+    prune_checkpoints,
+    raise_failed_writes,
     serialize_checkpoint,
+    wait_for_writes,
     write_checkpoint_bytes,
+    write_in_background,
 )
 from fasttrain.train.loggers import make_loggers
 from fasttrain.train.precision import Precision, resolve_precision
@@ -311,7 +313,7 @@ class Trainer:
                     self._save_step_checkpoint()
         if losses:
             self._log_train(losses, bar)
-        self.wait_for_checkpoint()
+        raise_failed_writes()  # a write still in flight is waited for by readers and at exit
         if bar is not None:
             bar.close()
         self._call("on_fit_end")
@@ -444,33 +446,31 @@ class Trainer:
         self._call("on_save_checkpoint", state)
         return state
 
-    def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        return save_checkpoint(path, self.state_dict())
+    def save_checkpoint(self, path: str | os.PathLike, blocking: bool = True) -> Path:
+        """Writes the full training state to `path` (atomic, checksummed). blocking=False returns once
+        the state is serialized; the checksum, write and fsync finish on fasttrain's writer thread
+        (`wait_for_checkpoint()` waits; readers in fasttrain and interpreter exit wait by themselves)."""
+        payload = serialize_checkpoint(self.state_dict())
+        if blocking:
+            return write_checkpoint_bytes(path, payload)
+        write_in_background(write_checkpoint_bytes, path, payload)
+        return Path(path)
 
     def _save_step_checkpoint(self) -> None:
         """Periodic checkpoint. The state is serialized on the training thread (pickling holds the GIL:
         done in the background it would stall the loop in switch-interval slices); the checksum, the
-        write and the fsync release the GIL and run on a writer thread while training goes on. One write
-        is in flight at a time; fit() waits for the last one before it returns. A crash during a write
-        leaves the previous checkpoint, from which resuming is just as exact."""
+        write and the fsync release the GIL and run on the writer thread while training goes on. At most
+        one periodic write is in flight; fit() returns without waiting for the last one. A crash during
+        a write leaves the previous checkpoint, from which resuming is just as exact."""
         if self.checkpoint_dir is None:
             return
-        self.wait_for_checkpoint()
-        payload = serialize_checkpoint(self.state_dict())
-        path, directory, keep = self.checkpoint_dir / f"step-{self.global_step}.ckpt", self.checkpoint_dir, self.keep_last_k
-
-        def write():
-            write_checkpoint_bytes(path, payload)
-            for old in list_checkpoints(directory)[:-keep]:
-                old.unlink(missing_ok=True)
-
-        self._writer = _Writer(write)
+        self.wait_for_checkpoint()  # bounds memory to one pending payload; re-raises a failed write
+        self.save_checkpoint(self.checkpoint_dir / f"step-{self.global_step}.ckpt", blocking=False)
+        write_in_background(prune_checkpoints, self.checkpoint_dir, self.keep_last_k)
 
     def wait_for_checkpoint(self) -> None:
-        """Blocks until the background checkpoint write (if any) is on disk; re-raises its error."""
-        writer, self._writer = getattr(self, "_writer", None), None
-        if writer is not None:
-            writer.join()
+        """Blocks until queued checkpoint writes are on disk; re-raises the first failed one."""
+        wait_for_writes()
 
     def _resume(self, resume) -> None:
         if resume == "last":
@@ -529,24 +529,6 @@ class Trainer:
         if self.verbose:
             print(f"compile='auto': eager {eager * 1e3:.2f} ms/step, compiled {comp * 1e3:.2f} ms/step -> "
                   f"{'compiled' if comp < eager else 'eager'}")
-
-
-class _Writer(threading.Thread):
-    def __init__(self, fn):
-        super().__init__(name="fasttrain-checkpoint", daemon=False)
-        self.fn, self.error = fn, None
-        self.start()
-
-    def run(self):
-        try:
-            self.fn()
-        except BaseException as e:  # re-raised on the training thread by join()
-            self.error = e
-
-    def join(self, timeout=None):
-        super().join(timeout)
-        if self.error is not None:
-            raise self.error
 
 
 def _batch_len(batch) -> int:

@@ -114,3 +114,21 @@ def test_missing_mlflow_names_the_package(monkeypatch):
 def test_unknown_logger_lists_choices():
     with pytest.raises(ValueError, match="'csv', 'tensorboard', 'mlflow'"):
         trainer("wandb")
+
+
+def test_background_checkpoint_write_is_read_back_and_errors_surface(tmp_path):
+    from fasttrain.train import load_checkpoint
+    from fasttrain.train.checkpoint import list_checkpoints
+
+    t = trainer(None, max_steps=None, max_epochs=2, checkpoint_dir=tmp_path / "ok", keep_last_k=1)
+    t.fit(small_data())  # returns without waiting for the last write
+    found = list_checkpoints(tmp_path / "ok")  # readers wait for queued writes
+    assert [p.name for p in found] == [f"step-{t.global_step}.ckpt"]
+    assert load_checkpoint(found[0])["counters"]["global_step"] == t.global_step
+
+    (tmp_path / "file").write_text("x")  # a checkpoint_dir below a file cannot be created
+    t = trainer(None, max_steps=None, max_epochs=1, checkpoint_dir=tmp_path / "file" / "ckpts")
+    with pytest.raises(OSError):  # raised at the end of fit if the write already failed, else by the wait
+        t.fit(small_data())
+        t.wait_for_checkpoint()
+    t.wait_for_checkpoint()  # reported once
