@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from fasttrain.train.checkpoint import atomic_write_bytes
+from fasttrain.train.checkpoint import atomic_write_bytes, write_in_background
 
 __all__ = ["Logger", "CSVLogger", "TensorBoardLogger", "MLflowLogger", "make_loggers"]
 
@@ -46,11 +46,10 @@ class CSVLogger(Logger):
         self.rows: list[dict[str, float]] = []
 
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # Log files skip the fsync (durable=False): it would stall the training thread ~10 ms per write;
-        # the rename still keeps them whole.
-        atomic_write_bytes(self.dir / "hparams.json", json.dumps(dict(params), indent=1, default=str).encode(),
-                           durable=False)
+        # On the writer thread: even without fsync, temp file + rename costs ~4 ms here (2% of a short
+        # fit). Log files skip the fsync (durable=False); the rename still keeps them whole.
+        data = json.dumps(dict(params), indent=1, default=str).encode()
+        write_in_background(atomic_write_bytes, self.dir / "hparams.json", data, durable=False)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}
@@ -62,6 +61,7 @@ class CSVLogger(Logger):
             w = csv.DictWriter(buf, fieldnames=self.columns)
             w.writeheader()
             w.writerows(self.rows)
+            # Rare (a new column): synchronous, so the appends after it stay in order.
             atomic_write_bytes(self.path, buf.getvalue().encode(), durable=False)
         else:
             with self.path.open("a", newline="") as f:

@@ -9,7 +9,8 @@ from torch import nn
 
 import fasttrain
 from fasttrain.examples.digits import digits_mlp
-from fasttrain.train import Callback, CSVLogger, Logger, MLflowLogger
+from fasttrain.train import Callback, Logger, MLflowLogger
+from fasttrain.train.checkpoint import wait_for_writes
 
 CE = nn.functional.cross_entropy
 
@@ -62,6 +63,7 @@ def test_logger_protocol_order_and_status():
 
 def test_csv_logger_writes_metrics_and_hparams(tmp_path):
     trainer("csv", checkpoint_dir=tmp_path).fit(small_data())
+    wait_for_writes()  # hparams.json is written by the background writer
     hp = json.loads((tmp_path / "hparams.json").read_text())
     assert hp["max_steps"] == 6 and hp["grad_accum"] == 1
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
