@@ -89,9 +89,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.calib < 1:
         raise SystemExit("fasttrain export: --calib must be a positive number of samples")
     try:
-        doc = load_checkpoint(args.checkpoint)
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs is not None else None
+        shape = [int(v) for v in args.input_shape.split(",")] if args.input_shape else None
+        doc = load_checkpoint(args.checkpoint, factory=args.model, factory_kwargs=kwargs, input_shape=shape)
         model = build_model(doc)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # json.JSONDecodeError is a ValueError
         raise SystemExit(f"fasttrain export: {e}") from None
     shape = list(doc["input_shape"])
     inputs = doc.get("inputs")
@@ -136,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("export", help="export a checkpoint to ONNX, optionally int8, and verify it")
-    p.add_argument("--checkpoint", required=True, help="a fasttrain checkpoint (see fasttrain/export/checkpoint.py)")
+    p.add_argument("--checkpoint", required=True,
+                   help="an export checkpoint (fasttrain/export/checkpoint.py) or a Trainer checkpoint (step-N.ckpt)")
+    p.add_argument("--model", default=None, help="'package.module:function' that builds the model (overrides the "
+                   "checkpoint's; needed for Trainer checkpoints that do not record one)")
+    p.add_argument("--model-kwargs", default=None, help="JSON keyword arguments for --model, e.g. '{\"hidden\": 128}'")
+    p.add_argument("--input-shape", default=None, help="example input shape, batch first, e.g. 1,64")
     p.add_argument("--quantize", choices=["dynamic", "static"], default=None, help="int8 quantization (default: none)")
     p.add_argument("--calib", type=int, default=256, help="calibration samples taken from the checkpoint's inputs")
     p.add_argument("--batch", type=int, default=64, help="batch size for calibration and validation (default: 64)")

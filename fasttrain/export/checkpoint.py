@@ -11,6 +11,11 @@
 
 Loading imports and calls `factory`, so a checkpoint is as trusted as the code it names. `save_checkpoint`
 writes atomically with a `<path>.sha256` sidecar; `load_checkpoint` verifies it when present.
+
+`load_checkpoint` also reads a Trainer checkpoint (`step-N.ckpt`, `Trainer.save_checkpoint`: the FTCKPT
+header with its SHA-256) and maps it onto the same dict: the model weights, the factory the Trainer
+recorded (`Trainer.model_factory`, set by `fasttrain train --config`) and the input shape of its first
+training batch. `factory` / `factory_kwargs` / `input_shape` arguments fill in or override those.
 """
 
 from __future__ import annotations
@@ -64,11 +69,19 @@ def _resolve(factory: str):
     return obj
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Reads and validates a checkpoint written to the contract above."""
+def load_checkpoint(path: str | os.PathLike, *, factory: str | None = None, factory_kwargs: dict | None = None,
+                    input_shape=None) -> dict:
+    """Reads and validates a checkpoint written to the contract above, or a Trainer checkpoint."""
+    from fasttrain.train.checkpoint import wait_for_writes
+
+    wait_for_writes()  # a Trainer's last checkpoint may still be on fasttrain's writer thread
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    with path.open("rb") as f:
+        is_trainer = f.read(6) == b"FTCKPT"
+    if is_trainer:
+        return _from_trainer_checkpoint(path, factory, factory_kwargs, input_shape)
     side = path.with_name(path.name + ".sha256")
     if side.is_file() and side.read_text().split()[0] != sha256_file(path):
         raise ValueError(f"checkpoint {str(path)!r} does not match its checksum {side.name} (corrupt or modified)")
@@ -79,7 +92,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     for key in ("factory", "state_dict", "input_shape"):
         if key not in doc:
             raise ValueError(f"checkpoint {str(path)!r} lacks {key!r}")
+    if factory is not None:
+        doc["factory"], doc["factory_kwargs"] = factory, dict(factory_kwargs or {})
+    if input_shape is not None:
+        doc["input_shape"] = [int(s) for s in input_shape]
     return doc
+
+
+def _from_trainer_checkpoint(path: Path, factory, factory_kwargs, input_shape) -> dict:
+    from fasttrain.train.checkpoint import CheckpointError
+    from fasttrain.train.checkpoint import load_checkpoint as load_trainer_checkpoint
+
+    try:
+        state = load_trainer_checkpoint(path)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
+    cfg = state.get("config", {})
+    factory = factory or cfg.get("model_factory")
+    if factory is None:
+        raise ValueError(f"Trainer checkpoint {str(path)!r} does not name its model factory; pass --model "
+                         "'package.module:function' (or set Trainer.model_factory before training)")
+    kwargs = dict(factory_kwargs) if factory_kwargs is not None else dict(cfg.get("model_kwargs") or {})
+    spec = cfg.get("input") or {}
+    if input_shape is None:
+        if "shape" not in spec:
+            raise ValueError(f"Trainer checkpoint {str(path)!r} records no input shape; pass --input-shape 1,...")
+        input_shape = spec["shape"]
+    if spec.get("dtype", "float32") not in ("float32", "float16", "bfloat16", "float64"):
+        raise ValueError(f"Trainer checkpoint {str(path)!r}: the model takes {spec['dtype']} inputs; `fasttrain "
+                         "export` feeds float inputs, so export integer-input models (token LMs) from Python with "
+                         "fasttrain.export.onnx (see fasttrain/demo.py)")
+    _resolve(factory)
+    return {"format": FORMAT, "factory": factory, "factory_kwargs": kwargs, "state_dict": state["model"],
+            "input_shape": [int(s) for s in input_shape]}
 
 
 def build_model(doc: dict) -> torch.nn.Module:

@@ -45,6 +45,10 @@ def _digits_model(**kw):
     return digits_mlp(**kw)
 
 
+# Importable names of the built-ins, recorded in checkpoints so `fasttrain export` can rebuild the model.
+_BUILTIN_MODEL_TARGETS = {"digits-mlp": "fasttrain.examples.digits:digits_mlp"}
+
+
 def _digits_data(**kw):
     from fasttrain.examples.digits import load_digits_tensors
 
@@ -119,6 +123,8 @@ def build_from_config(cfg: dict[str, Any]):
         if required not in cfg:
             raise ConfigError(f"config: missing section [{required}]")
     model = _factory(cfg["model"], BUILTIN_MODELS, "[model]")
+    m = cfg["model"]
+    factory = (_BUILTIN_MODEL_TARGETS.get(m["name"]) if "name" in m else m["target"], dict(m.get("kwargs", {})))
     data = _factory(cfg["data"], BUILTIN_DATA, "[data]")
     train_data, val_data = data if isinstance(data, tuple) and len(data) == 2 else (data, None)
 
@@ -146,4 +152,6 @@ def build_from_config(cfg: dict[str, Any]):
         trainer = Trainer(model, **t)
     except TypeError as e:
         raise ConfigError(f"[trainer]: {e}") from None
+    if factory[0] is not None:
+        trainer.model_factory = factory
     return trainer, train_data, val_data

@@ -65,8 +65,9 @@ class Trainer:
     max_epochs / max_steps: whichever is reached first (optimizer steps; at least one must be set).
     grad_accum: micro-batches per optimizer step. clip_grad_norm: global-norm clipping (fused op).
     log_every: optimizer steps between log points (the only host syncs of the loop).
-    checkpoint_dir: where step-N.ckpt files go (every `checkpoint_every` steps and at each epoch end;
-        the newest `keep_last_k` are kept). Also the default directory of the CSV log.
+    checkpoint_dir: where step-N.ckpt files go (every `checkpoint_every` steps, at each epoch end and
+        when fit stops mid-epoch; the newest `keep_last_k` are kept). Also the default directory of the
+        CSV log.
     compile: False | True | "auto" (times eager and compiled for a few steps and keeps the faster).
     batch_size: used when fit() gets tensors instead of a loader.
     """
@@ -126,6 +127,11 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.train_loader: Any = None
         self._step_fn = self.model
+        # ("pkg.module:function", kwargs) that rebuilds the model, when known (`fasttrain train --config`
+        # sets it; set it yourself for `fasttrain export --checkpoint` to work without --model).
+        self.model_factory: tuple[str, dict[str, Any]] | None = None
+        self._input_spec: dict[str, Any] | None = None  # shape/dtype of one example input, from the first batch
+        self._saved_step = -1
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -280,6 +286,8 @@ class Trainer:
                 timers["data"] += t1 - t0
                 if batch is None:
                     break
+                if self._input_spec is None:
+                    self._input_spec = _input_spec(batch)
                 batch = self._to_device(batch)
                 loss, _, _ = self._forward_loss(batch)
                 losses.append(loss.detach())
@@ -313,6 +321,8 @@ class Trainer:
                     self._save_step_checkpoint()
         if losses:
             self._log_train(losses, bar)
+        if self.checkpoint_dir is not None and self._saved_step != self.global_step:
+            self._save_step_checkpoint()  # stopped mid-epoch (max_steps, should_stop): keep the final state too
         raise_failed_writes()  # a write still in flight is waited for by readers and at exit
         if bar is not None:
             bar.close()
@@ -441,7 +451,10 @@ class Trainer:
             },
             "counters": {"global_step": self.global_step, "epoch": self.epoch, "samples_seen": self.samples_seen},
             "callbacks": [cb.state_dict() for cb in self.callbacks],
-            "config": {"precision": repr(self.precision), "grad_accum": self.grad_accum, "seed": self.seed},
+            "config": {"precision": repr(self.precision), "grad_accum": self.grad_accum, "seed": self.seed,
+                       "model_factory": self.model_factory[0] if self.model_factory else None,
+                       "model_kwargs": dict(self.model_factory[1]) if self.model_factory else {},
+                       "input": self._input_spec},
         }
         self._call("on_save_checkpoint", state)
         return state
@@ -466,6 +479,7 @@ class Trainer:
             return
         self.wait_for_checkpoint()  # bounds memory to one pending payload; re-raises a failed write
         self.save_checkpoint(self.checkpoint_dir / f"step-{self.global_step}.ckpt", blocking=False)
+        self._saved_step = self.global_step
         write_in_background(prune_checkpoints, self.checkpoint_dir, self.keep_last_k)
 
     def wait_for_checkpoint(self) -> None:
@@ -529,6 +543,14 @@ class Trainer:
         if self.verbose:
             print(f"compile='auto': eager {eager * 1e3:.2f} ms/step, compiled {comp * 1e3:.2f} ms/step -> "
                   f"{'compiled' if comp < eager else 'eager'}")
+
+
+def _input_spec(batch) -> dict[str, Any] | None:
+    """{"shape": [1, ...], "dtype": "float32"} of the model input of a batch (x of (x, y), or the tensor)."""
+    x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    if not isinstance(x, torch.Tensor) or x.ndim == 0:
+        return None
+    return {"shape": [1, *x.shape[1:]], "dtype": str(x.dtype).removeprefix("torch.")}
 
 
 def _batch_len(batch) -> int:

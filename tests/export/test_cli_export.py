@@ -69,3 +69,42 @@ def test_bad_checkpoints(tmp_path):
         save_checkpoint(tmp_path / "n.pt", "no_such_pkg:make", {}, [1, 3])
     with pytest.raises(SystemExit, match="--calib must be a positive"):
         main(["export", "--checkpoint", str(path), "--calib", "0"])
+
+
+def test_export_reads_trainer_checkpoints(tmp_path, capsys):
+    import fasttrain
+    from fasttrain.train.config import build_from_config
+
+    cfg = {"model": {"name": "digits-mlp", "kwargs": {"hidden": 32}}, "data": {"name": "digits"},
+           "trainer": {"max_steps": 40, "loss_fn": "cross_entropy", "checkpoint_dir": str(tmp_path / "run"),
+                       "loggers": "none", "verbose": False, "progress": False}}
+    trainer, train, _ = build_from_config(cfg)
+    trainer.fit(train)
+    ckpt = tmp_path / "run" / "step-40.ckpt"
+    assert main(["export", "--checkpoint", str(ckpt), "--quantize", "dynamic", "--calib", "16",
+                 "--min-top1-agreement", "0.9"]) == 0
+    assert "PASSED" in capsys.readouterr().out and (tmp_path / "run" / "step-40.int8.onnx").is_file()
+
+    # A Trainer built in Python does not know its factory: --model supplies it; the input shape is recorded.
+    torch.manual_seed(0)
+    t = fasttrain.Trainer(torch.nn.Linear(64, 10), optimizer="sgd", loss_fn=torch.nn.functional.cross_entropy,
+                          max_steps=2, checkpoint_dir=tmp_path / "py", loggers=None, verbose=False, progress=False)
+    t.fit((torch.randn(64, 64), torch.randint(0, 10, (64,))))
+    path = str(tmp_path / "py" / "step-2.ckpt")
+    with pytest.raises(SystemExit, match="does not name its model factory"):
+        main(["export", "--checkpoint", path])
+    assert main(["export", "--checkpoint", path, "--model", "torch.nn:Linear", "--model-kwargs",
+                 '{"in_features": 64, "out_features": 10}', "--calib", "8"]) == 0
+    with pytest.raises(SystemExit, match="Expecting property name"):
+        main(["export", "--checkpoint", path, "--model", "torch.nn:Linear", "--model-kwargs", "{bad"])
+
+
+def test_export_rejects_integer_input_trainer_checkpoints(tmp_path):
+    import fasttrain
+
+    model = torch.nn.Sequential(torch.nn.Embedding(16, 8), torch.nn.Flatten(), torch.nn.Linear(32, 4))
+    t = fasttrain.Trainer(model, optimizer="sgd", loss_fn=torch.nn.functional.cross_entropy, max_steps=1,
+                          checkpoint_dir=tmp_path, loggers=None, verbose=False, progress=False)
+    t.fit((torch.randint(0, 16, (8, 4)), torch.randint(0, 4, (8,))))
+    with pytest.raises(SystemExit, match="int64 inputs"):
+        main(["export", "--checkpoint", str(tmp_path / "step-1.ckpt"), "--model", "torch.nn:Sequential"])
