@@ -5,6 +5,7 @@
 #include "../simd_avx512.h"
 #include "optim.h"
 #include "optim_elem.h"
+#include "optim_int8.h"
 
 namespace ft::optim::avx512 {
 namespace {
@@ -159,6 +160,90 @@ void adamw_mixed(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a)
   dispatch_mixed<MixedLoop>(b, off, n, a);
 }
 
+// --- blockwise 8-bit states (code maps and the exact rounding rule: optim_int8.h) ---------------
+// No FMA contraction here (see optim_int8.h): the codes must match the scalar path bit for bit.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+// round(sqrt(x)) with ties up, exactly, clamped to [0, qmax]: sqrt + cvt (within 1 of the answer),
+// then one correction against the exact thresholds (q +- 1/2)^2 = q^2 +- q + 1/4.
+inline __m512i sqrt_code(__m512 x, int32_t qmax) {
+  const __m512 one = _mm512_set1_ps(1.0f), quarter = _mm512_set1_ps(0.25f);
+  const __m512i ione = _mm512_set1_epi32(1);
+  __m512i q = _mm512_cvtps_epi32(_mm512_sqrt_ps(x));
+  const __m512 qf = _mm512_cvtepi32_ps(q);
+  const __m512 hi = _mm512_add_ps(_mm512_mul_ps(qf, _mm512_add_ps(qf, one)), quarter);
+  const __m512 lo = _mm512_add_ps(_mm512_mul_ps(qf, _mm512_sub_ps(qf, one)), quarter);
+  const __mmask16 up = _mm512_cmp_ps_mask(x, hi, _CMP_GE_OQ), down = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  q = _mm512_mask_add_epi32(q, up, q, ione);
+  q = _mm512_mask_sub_epi32(q, down, q, ione);
+  return _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(qmax));
+}
+
+void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
+  const __m512 decay = _mm512_set1_ps(a.decay), b2 = _mm512_set1_ps(a.beta2), omb2 = _mm512_set1_ps(a.one_minus_b2);
+  const bool low_w = a.one_minus_b1 < 0.5f;
+  const __m512 w = _mm512_set1_ps(low_w ? a.one_minus_b1 : a.one_minus_b1 - 1.0f);
+  const __m512 ibc2 = _mm512_set1_ps(1.0f / a.bc2_sqrt), eps = _mm512_set1_ps(a.eps), nss = _mm512_set1_ps(a.neg_step_size);
+  const __m512 sign = _mm512_set1_ps(a.maximize ? -0.0f : 0.0f), gm = _mm512_set1_ps(a.grad_mul);
+  const __m512 zero = _mm512_setzero_ps();
+  alignas(64) float mb[kQBlock], sb[kQBlock];  // the block's new m and sqrt(v), in L1 until requantized
+  for (int64_t b0 = 0; b0 < n; b0 += kQBlock) {
+    const int64_t o = off + b0, len = std::min(kQBlock, n - b0), blk = o / kQBlock;
+    float* p = b.p + o;
+    const float* g = b.g + o;
+    const __m512 dm = _mm512_set1_ps(b.m_scale[blk] / kQm2), dv = _mm512_set1_ps(b.v_scale[blk] / kQv2);
+    __m512 am = zero, as = zero;
+    __mmask16 mnan = 0, vnan = 0;
+    for (int64_t i = 0; i < len; i += W) {
+      const __mmask16 k = mask_for(len - i);
+      const __m512 qm = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, b.m + o + i)));
+      const __m512 qv = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, b.v + o + i)));
+      __m512 vm = _mm512_mul_ps(_mm512_mul_ps(qm, _mm512_abs_ps(qm)), dm);
+      const __m512 s = _mm512_mul_ps(_mm512_mul_ps(qv, qv), dv);
+      __m512 vv = _mm512_mul_ps(s, s);
+      __m512 vp = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + i), decay);
+      const __m512 vg = _mm512_xor_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + i), gm), sign);
+      vm = _mm512_fmadd_ps(w, _mm512_sub_ps(vg, vm), low_w ? vm : vg);
+      vv = _mm512_add_ps(_mm512_mul_ps(vv, b2), _mm512_mul_ps(_mm512_mul_ps(omb2, vg), vg));
+      const __m512 sn = _mm512_sqrt_ps(vv);
+      const __m512 d = _mm512_fmadd_ps(sn, ibc2, eps);  // 1 / d as in recip_denom
+      const __m512 r0 = _mm512_rcp14_ps(d);
+      const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, _mm512_set1_ps(2.0f)));
+      vp = _mm512_add_ps(vp, _mm512_mul_ps(_mm512_mul_ps(nss, vm), r));
+      _mm512_mask_storeu_ps(p + i, k, vp);
+      _mm512_store_ps(mb + i, vm);
+      _mm512_store_ps(sb + i, sn);
+      // max ignoring NaN (VMAXPS returns its second operand when one is NaN); NaNs are tracked apart
+      am = _mm512_mask_max_ps(am, k, _mm512_abs_ps(vm), am);
+      as = _mm512_mask_max_ps(as, k, sn, as);
+      mnan |= _mm512_mask_cmp_ps_mask(k, vm, vm, _CMP_UNORD_Q);
+      vnan |= _mm512_mask_cmp_ps_mask(k, sn, sn, _CMP_UNORD_Q);
+    }
+    const float amax = block_scale(_mm512_reduce_max_ps(am), mnan != 0);
+    const float smax = block_scale(_mm512_reduce_max_ps(as), vnan != 0);
+    b.m_scale[blk] = amax;
+    b.v_scale[blk] = smax;
+    const bool mok = std::isfinite(amax) && amax > 0.0f, vok = std::isfinite(smax) && smax > 0.0f;
+    const __m512 cm = _mm512_set1_ps(mok ? kQm2 / amax : 0.0f), cv = _mm512_set1_ps(vok ? kQv2 / smax : 0.0f);
+    const __m512i izero = _mm512_setzero_si512(), ione = _mm512_set1_epi32(1);
+    for (int64_t i = 0; i < len; i += W) {
+      const __mmask16 k = mask_for(len - i);
+      const __m512 vm = _mm512_load_ps(mb + i), sn = _mm512_load_ps(sb + i);
+      __m512i qm = mok ? sqrt_code(_mm512_mul_ps(_mm512_abs_ps(vm), cm), 127) : izero;
+      qm = _mm512_mask_sub_epi32(qm, _mm512_cmp_ps_mask(vm, zero, _CMP_LT_OQ), izero, qm);
+      __m512i qv = izero;
+      if (vok) {  // a nonzero sqrt(v) never gets code 0
+        qv = sqrt_code(_mm512_mul_ps(sn, cv), 255);
+        qv = _mm512_mask_max_epi32(qv, _mm512_cmp_ps_mask(sn, zero, _CMP_GT_OQ), qv, ione);
+      }
+      _mm512_mask_cvtsepi32_storeu_epi8(b.m + o + i, k, qm);
+      _mm512_mask_cvtusepi32_storeu_epi8(b.v + o + i, k, qv);
+    }
+  }
+}
+#pragma GCC pop_options
+
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c) {
   const __m512 vc = _mm512_set1_ps(c);
   for (int64_t i = 0; i < n; i += W) {
@@ -173,7 +258,7 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"avx512", adamw_f32, adamw_mixed, sgd_f32, lion_f32, touch4r3w};
+  static const OptimKernels t{"avx512", adamw_f32, adamw_mixed, sgd_f32, lion_f32, adamw_int8, touch4r3w};
   return t;
 }
 
