@@ -165,20 +165,28 @@ void adamw_mixed(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a)
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 
-// round(sqrt(x)) with ties up, exactly, clamped to [0, qmax]: sqrt + cvt (within 1 of the answer),
-// then one correction against the exact thresholds (q +- 1/2)^2 = q^2 +- q + 1/4.
+// round(sqrt(x)) with ties up, exactly, clamped to [0, qmax] (x in [0, ~qmax^2]). No VSQRTPS: the
+// one divide/sqrt unit is already busy with the update's sqrt, and two more per vector made the pass
+// compute-bound. x * rsqrt14(x) is within 255 * 2^-14 < 0.016 of sqrt(x), so truncating it + 0.48
+// gives q or q - 1, never more; one comparison with the exact threshold (q + 1/2)^2 = q * (q + 1) + 1/4
+// (exact in fp32) then picks q.
 inline __m512i sqrt_code(__m512 x, int32_t qmax) {
-  const __m512 one = _mm512_set1_ps(1.0f), quarter = _mm512_set1_ps(0.25f);
-  const __m512i ione = _mm512_set1_epi32(1);
-  __m512i q = _mm512_cvtps_epi32(_mm512_sqrt_ps(x));
+  const __m512 r = _mm512_rsqrt14_ps(_mm512_max_ps(x, _mm512_set1_ps(1e-30f)));  // x = 0 -> 0 * 1e15
+  __m512i q = _mm512_cvttps_epi32(_mm512_fmadd_ps(x, r, _mm512_set1_ps(0.48f)));
   const __m512 qf = _mm512_cvtepi32_ps(q);
-  const __m512 hi = _mm512_add_ps(_mm512_mul_ps(qf, _mm512_add_ps(qf, one)), quarter);
-  const __m512 lo = _mm512_add_ps(_mm512_mul_ps(qf, _mm512_sub_ps(qf, one)), quarter);
-  const __mmask16 up = _mm512_cmp_ps_mask(x, hi, _CMP_GE_OQ), down = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  q = _mm512_mask_add_epi32(q, up, q, ione);
-  q = _mm512_mask_sub_epi32(q, down, q, ione);
-  return _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(qmax));
+  const __m512 hi = _mm512_fmadd_ps(qf, _mm512_add_ps(qf, _mm512_set1_ps(1.0f)), _mm512_set1_ps(0.25f));
+  q = _mm512_mask_add_epi32(q, _mm512_cmp_ps_mask(x, hi, _CMP_GE_OQ), q, _mm512_set1_epi32(1));
+  return _mm512_min_epi32(q, _mm512_set1_epi32(qmax));
 }
+
+// max over the lanes of a (all >= 0 or NaN); NaN if any lane is NaN.
+inline float hmax_nan(__m512 a) {
+  if (_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q)) return std::numeric_limits<float>::quiet_NaN();
+  return _mm512_reduce_max_ps(a);
+}
+
+// max(|acc|, |x|) that propagates NaN (VRANGEPS imm 0b1011: larger magnitude, sign cleared).
+inline __m512 absmax_nan(__m512 acc, __mmask16 k, __m512 x) { return _mm512_mask_range_ps(acc, k, acc, x, 0x0B); }
 
 void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
   const __m512 decay = _mm512_set1_ps(a.decay), b2 = _mm512_set1_ps(a.beta2), omb2 = _mm512_set1_ps(a.one_minus_b2);
@@ -194,7 +202,6 @@ void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
     const float* g = b.g + o;
     const __m512 dm = _mm512_set1_ps(b.m_scale[blk] / kQm2), dv = _mm512_set1_ps(b.v_scale[blk] / kQv2);
     __m512 am = zero, as = zero;
-    __mmask16 mnan = 0, vnan = 0;
     for (int64_t i = 0; i < len; i += W) {
       const __mmask16 k = mask_for(len - i);
       const __m512 qm = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, b.m + o + i)));
@@ -214,14 +221,10 @@ void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
       _mm512_mask_storeu_ps(p + i, k, vp);
       _mm512_store_ps(mb + i, vm);
       _mm512_store_ps(sb + i, sn);
-      // max ignoring NaN (VMAXPS returns its second operand when one is NaN); NaNs are tracked apart
-      am = _mm512_mask_max_ps(am, k, _mm512_abs_ps(vm), am);
-      as = _mm512_mask_max_ps(as, k, sn, as);
-      mnan |= _mm512_mask_cmp_ps_mask(k, vm, vm, _CMP_UNORD_Q);
-      vnan |= _mm512_mask_cmp_ps_mask(k, sn, sn, _CMP_UNORD_Q);
+      am = absmax_nan(am, k, vm);
+      as = absmax_nan(as, k, sn);
     }
-    const float amax = block_scale(_mm512_reduce_max_ps(am), mnan != 0);
-    const float smax = block_scale(_mm512_reduce_max_ps(as), vnan != 0);
+    const float amax = hmax_nan(am), smax = hmax_nan(as);
     b.m_scale[blk] = amax;
     b.v_scale[blk] = smax;
     const bool mok = std::isfinite(amax) && amax > 0.0f, vok = std::isfinite(smax) && smax > 0.0f;
@@ -237,8 +240,9 @@ void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
         qv = sqrt_code(_mm512_mul_ps(sn, cv), 255);
         qv = _mm512_mask_max_epi32(qv, _mm512_cmp_ps_mask(sn, zero, _CMP_GT_OQ), qv, ione);
       }
-      _mm512_mask_cvtsepi32_storeu_epi8(b.m + o + i, k, qm);
-      _mm512_mask_cvtusepi32_storeu_epi8(b.v + o + i, k, qv);
+      // Narrow in registers, then one (masked) byte store: VPMOV* straight to memory is slow on Zen 4.
+      _mm_mask_storeu_epi8(b.m + o + i, k, _mm512_cvtsepi32_epi8(qm));
+      _mm_mask_storeu_epi8(b.v + o + i, k, _mm512_cvtusepi32_epi8(qv));
     }
   }
 }
