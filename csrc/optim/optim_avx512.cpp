@@ -179,14 +179,12 @@ inline __m512i sqrt_code(__m512 x, int32_t qmax) {
   return _mm512_min_epi32(q, _mm512_set1_epi32(qmax));
 }
 
-// max over the lanes of a (all >= 0 or NaN); NaN if any lane is NaN.
-inline float hmax_nan(__m512 a) {
-  if (_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q)) return std::numeric_limits<float>::quiet_NaN();
-  return _mm512_reduce_max_ps(a);
-}
+// max over the lanes of a.
+inline float hmax(__m512 a) { return _mm512_reduce_max_ps(a); }
 
-// max(|acc|, |x|) that propagates NaN (VRANGEPS imm 0b1011: larger magnitude, sign cleared).
-inline __m512 absmax_nan(__m512 acc, __mmask16 k, __m512 x) { return _mm512_mask_range_ps(acc, k, acc, x, 0x0B); }
+// max(|acc|, |x|) in one op (VRANGEPS imm 0b1011: larger magnitude, sign cleared). It does not carry
+// NaNs through on every CPU, so the caller tracks them with a compare.
+inline __m512 absmax(__m512 acc, __mmask16 k, __m512 x) { return _mm512_mask_range_ps(acc, k, acc, x, 0x0B); }
 
 void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
   const __m512 decay = _mm512_set1_ps(a.decay), b2 = _mm512_set1_ps(a.beta2), omb2 = _mm512_set1_ps(a.one_minus_b2);
@@ -202,6 +200,7 @@ void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
     const float* g = b.g + o;
     const __m512 dm = _mm512_set1_ps(b.m_scale[blk] / kQm2), dv = _mm512_set1_ps(b.v_scale[blk] / kQv2);
     __m512 am = zero, as = zero;
+    uint32_t nan = 0;
     for (int64_t i = 0; i < len; i += W) {
       const __mmask16 k = mask_for(len - i);
       const __m512 qm = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, b.m + o + i)));
@@ -221,10 +220,12 @@ void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
       _mm512_mask_storeu_ps(p + i, k, vp);
       _mm512_store_ps(mb + i, vm);
       _mm512_store_ps(sb + i, sn);
-      am = absmax_nan(am, k, vm);
-      as = absmax_nan(as, k, sn);
+      am = absmax(am, k, vm);
+      as = absmax(as, k, sn);
+      nan |= _mm512_mask_cmp_ps_mask(k, vm, vm, _CMP_UNORD_Q) | (_mm512_mask_cmp_ps_mask(k, sn, sn, _CMP_UNORD_Q) << 16);
     }
-    const float amax = hmax_nan(am), smax = hmax_nan(as);
+    // A NaN m or v poisons its own state's block only (bits 0-15: m, 16-31: sqrt(v)).
+    const float amax = block_scale(hmax(am), (nan & 0xffffu) != 0), smax = block_scale(hmax(as), (nan >> 16) != 0);
     b.m_scale[blk] = amax;
     b.v_scale[blk] = smax;
     const bool mok = std::isfinite(amax) && amax > 0.0f, vok = std::isfinite(smax) && smax > 0.0f;
