@@ -131,8 +131,10 @@ def _adamw_int8_kernel(p_ptr, g_ptr, qm_ptr, qv_ptr, sm_ptr, sv_ptr, n, decay, o
     # new scales: absmax, NaN if any NaN (masked lanes are zeros)
     am = tl.max(tl.where(mask, tl.abs(m), 0.0), axis=0)
     sm = tl.max(tl.where(mask, sn, 0.0), axis=0)
-    am = tl.where(tl.max(tl.where(m != m, 1, 0), axis=0) > 0, float("nan"), am)
-    sm = tl.where(tl.max(tl.where(sn != sn, 1, 0), axis=0) > 0, float("nan"), sm)
+    t = m + sn  # NaN iff m or sqrt(v) is: then both scales are NaN
+    nan = tl.max(tl.where(t != t, 1, 0), axis=0) > 0
+    am = tl.where(nan, float("nan"), am)
+    sm = tl.where(nan, float("nan"), sm)
     tl.store(sm_ptr + blk, am)
     tl.store(sv_ptr + blk, sm)
     mok = (am > 0.0) & (am < float("inf"))

@@ -203,7 +203,7 @@ void adamw_int8_t(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a)
     const float* g = b.g + o;
     const __m512 dm = _mm512_set1_ps(b.m_scale[blk] / kQm2), dv = _mm512_set1_ps(b.v_scale[blk] / kQv2);
     __m512 am = zero, as = zero;
-    uint32_t nan = 0;
+    __mmask16 nan = 0;
     for (int64_t i = 0; i < len; i += W) {
       const __mmask16 k = mask_for(len - i);
       const __m512 qm = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, b.m + o + i)));
@@ -226,10 +226,10 @@ void adamw_int8_t(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a)
       _mm512_store_ps(sb + i, sn);
       am = absmax(am, k, vm);
       as = absmax(as, k, sn);
-      nan |= _mm512_mask_cmp_ps_mask(k, vm, vm, _CMP_UNORD_Q) | (_mm512_mask_cmp_ps_mask(k, sn, sn, _CMP_UNORD_Q) << 16);
+      const __m512 t = _mm512_add_ps(vm, sn);  // NaN iff either is (one compare for both states)
+      nan |= _mm512_mask_cmp_ps_mask(k, t, t, _CMP_UNORD_Q);
     }
-    // A NaN m or v poisons its own state's block only (bits 0-15: m, 16-31: sqrt(v)).
-    const float amax = block_scale(hmax(am), (nan & 0xffffu) != 0), smax = block_scale(hmax(as), (nan >> 16) != 0);
+    const float amax = block_scale(hmax(am), nan != 0), smax = block_scale(hmax(as), nan != 0);
     b.m_scale[blk] = amax;
     b.v_scale[blk] = smax;
     const bool mok = std::isfinite(amax) && amax > 0.0f, vok = std::isfinite(smax) && smax > 0.0f;

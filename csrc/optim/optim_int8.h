@@ -13,8 +13,9 @@
 // (an approximate sqrt is corrected by comparing x with the exact fp32 thresholds q^2 +- q + 1/4),
 // so every ISA, thread count and the pure-torch reference (fasttrain.ops.reference.
 // adamw_int8_reference) produce the same codes bit for bit. A nonzero s never gets code 0 (so a
-// nonzero v never becomes 0 and the update m / (sqrt(v) + eps) cannot blow up); a block whose max is
-// not finite stores its NaN/Inf scale and zero codes (the whole block reads back as NaN).
+// nonzero v never becomes 0 and the update m / (sqrt(v) + eps) cannot blow up). Non-finite values: if
+// m + sqrt(v) is NaN for any element of a block (a NaN in either state), both of its scales are NaN;
+// a block whose scale is not finite (NaN, or an Inf max) stores zero codes and reads back as NaN.
 //
 // Differences from bitsandbytes' 8-bit Adam (Dettmers et al. 2022, "8-bit Optimizers via Block-wise
 // Quantization"): bnb quantizes m and v themselves with a 256-entry "dynamic tree" map (quantize =
@@ -80,7 +81,7 @@ constexpr float kQv2 = 255.0f * 255.0f;  // 65025
   const float dm = b.m_scale[blk] / kQm2, dv = b.v_scale[blk] / kQv2;
   alignas(64) float mb[kQBlock], sb[kQBlock];
   float am = 0.0f, as = 0.0f;
-  bool mnan = false, vnan = false;
+  bool nan = false;
   for (int64_t i = 0; i < n; ++i) {
     const float qm = float(mq[i]), qv = float(vq[i]);
     float m = (qm * std::fabs(qm)) * dm;
@@ -99,11 +100,10 @@ constexpr float kQv2 = 255.0f * 255.0f;  // 65025
     sb[i] = sn;
     am = std::max(am, std::fabs(m));  // std::max(a, NaN) keeps a; NaNs are tracked apart
     as = std::max(as, sn);
-    mnan |= std::isnan(m);
-    vnan |= std::isnan(sn);
+    nan |= std::isnan(m + sn);
   }
-  am = block_scale(am, mnan);
-  as = block_scale(as, vnan);
+  am = block_scale(am, nan);
+  as = block_scale(as, nan);
   b.m_scale[blk] = am;
   b.v_scale[blk] = as;
   quantize_block_scalar(mb, sb, mq, vq, am, as, n);

@@ -334,13 +334,16 @@ def quantize_int8_states_reference(
     (ceil(N / 256),) fp32. Per block of 256 elements (the last may be short):
       am = max|m|,          q_m = sign(m) * round(sqrt(|m| * (127^2 / am)))              in [-127, 127]
       s = sqrt(v), as = max s,  q_v = round(sqrt(s * (255^2 / as))), at least 1 where s > 0  in [0, 255]
-    with round = ties up, exactly (`_sqrt_code`), every product in fp32. A block whose max is NaN/Inf
-    keeps that scale and gets zero codes (it dequantizes to NaN).
+    with round = ties up, exactly (`_sqrt_code`), every product in fp32. Both scales of a block are NaN
+    if m + s is NaN anywhere in it; a block whose scale is not finite gets zero codes (it dequantizes
+    to NaN).
     """
     n, shape = exp_avg.numel(), exp_avg.shape
     m = _by_block(exp_avg.float())
     s = _by_block(_sqrt_f32(exp_avg_sq.float()))
-    am, as_ = m.abs().amax(1), s.amax(1)  # amax propagates NaN
+    nan = torch.isnan(m + s).any(1)
+    am = torch.where(nan, float("nan"), m.abs().amax(1))
+    as_ = torch.where(nan, float("nan"), s.amax(1))
     mok, vok = torch.isfinite(am) & (am > 0), torch.isfinite(as_) & (as_ > 0)
     cm = torch.where(mok, torch.full_like(am, _QM2) / am, 0.0)
     cv = torch.where(vok, torch.full_like(as_, _QV2) / as_, 0.0)

@@ -104,7 +104,8 @@ def test_zero_state_stays_zero_and_nan_poisons_its_block(isa):
     adamw_int8_reference(*ref, lr=1e-3, step=2)
     for o, r in zip(ours, ref):
         torch.testing.assert_close(o, r, rtol=1e-6, atol=1e-8, equal_nan=True)
-    assert ours[4][1].isnan() and not ours[4][[0, 2]].isnan().any()
+    for scale in ours[4:]:  # a NaN grad makes m and v NaN: both scales of that block only
+        assert scale[1].isnan() and not scale[[0, 2]].isnan().any()
     assert not ours[2][256:512].any()  # the poisoned block stores zero codes (and reads back as NaN)
 
 
