@@ -194,7 +194,7 @@ void adamw_int8_t(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a)
   const __m512 w = _mm512_set1_ps(low_w ? a.one_minus_b1 : a.one_minus_b1 - 1.0f);
   const __m512 ibc2 = _mm512_set1_ps(1.0f / a.bc2_sqrt), eps = _mm512_set1_ps(a.eps), nss = _mm512_set1_ps(a.neg_step_size);
   const __m512 sign = _mm512_set1_ps(a.maximize ? -0.0f : 0.0f), gm = _mm512_set1_ps(a.grad_mul);
-  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
   const __m512i sbit = _mm512_set1_epi32(int32_t(0x80000000u));
   alignas(64) float mb[kQBlock], sb[kQBlock];  // the block's new m and sqrt(v), in L1 until requantized
   for (int64_t b0 = 0; b0 < n; b0 += kQBlock) {
@@ -217,11 +217,10 @@ void adamw_int8_t(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a)
       vm = _mm512_fmadd_ps(w, _mm512_sub_ps(vg, vm), low_w ? vm : vg);
       vv = _mm512_add_ps(_mm512_mul_ps(vv, b2), _mm512_mul_ps(_mm512_mul_ps(omb2, vg), vg));
       const __m512 sn = _mm512_sqrt_ps(vv);
-      const __m512 d = _mm512_fmadd_ps(sn, ibc2, eps);  // 1 / d as in recip_denom
-      const __m512 r0 = _mm512_rcp14_ps(d);
-      const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(d, r0, two));
-      // p * decay + (-step_size * m) / d, the last add fused (the param is not bit-exact on this path anyway)
-      _mm512_mask_storeu_ps(p + i, k, _mm512_fmadd_ps(_mm512_mul_ps(nss, vm), r, vp));
+      // p * decay + (-step_size * m) / (sqrt(v) / bc2 + eps). A true division here, unlike adamw_f32's
+      // refined reciprocal: this pass is bound by the FP multiply pipes, and the divider has room.
+      const __m512 d = _mm512_fmadd_ps(sn, ibc2, eps);
+      _mm512_mask_storeu_ps(p + i, k, _mm512_add_ps(vp, _mm512_div_ps(_mm512_mul_ps(nss, vm), d)));
       _mm512_store_ps(mb + i, vm);
       _mm512_store_ps(sb + i, sn);
       am = absmax(am, k, vm);
