@@ -78,3 +78,92 @@ def adamw_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_a
         1.0 / bc2_sqrt, eps, -(lr / bc1), grad_scale, MAXIMIZE=bool(maximize), AMSGRAD=bool(amsgrad),
         MASTER=master is not None, LOW_W=omb1 < 0.5, BLOCK=BLOCK,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Blockwise 8-bit states (fasttrain::adamw_int8_): one program per 256-element block, so the block's
+# new absmax is a tl.max inside the program and the update stays one pass. The code maps and the exact
+# rounding rule are those of csrc/optim/optim_int8.h. sqrt and the scale divisions are the IEEE
+# (round-to-nearest) forms, as on the CPU; on a GPU the compiler may still fuse a multiply-add into an
+# FMA, so a code can land one level apart at a rounding boundary there (the interpreter, which the
+# tests run, does no such fusion and matches the C++ codes bit for bit).
+
+__all__ += ["adamw_int8_"]
+
+INT8_BLOCK = 256
+
+
+@triton.jit
+def _sqrt_code(x):
+    """round(sqrt(x)) with ties up, exactly: floor(sqrt_rn(x) + 1/2) is q or q + 1, and the exact fp32
+    threshold (q - 1/2)^2 = q * (q - 1) + 1/4 decides."""
+    q = tl.floor(tl.sqrt_rn(x) + 0.5)
+    return tl.where((x < q * (q - 1.0) + 0.25) & (q > 0.0), q - 1.0, q)  # (q = 0: -1/2 squared is no threshold)
+
+
+@triton.jit
+def _adamw_int8_kernel(p_ptr, g_ptr, qm_ptr, qv_ptr, sm_ptr, sv_ptr, n, decay, omb1, beta2, omb2, ibc2, eps,
+                       neg_step, grad_mul, MAXIMIZE: tl.constexpr, LOW_W: tl.constexpr, BLOCK: tl.constexpr):
+    blk = tl.program_id(0)
+    offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    qm = tl.load(qm_ptr + offs, mask=mask, other=0).to(tl.float32)
+    qv = tl.load(qv_ptr + offs, mask=mask, other=0).to(tl.float32)
+    dm = tl.div_rn(tl.load(sm_ptr + blk), 16129.0)
+    dv = tl.div_rn(tl.load(sv_ptr + blk), 65025.0)
+    m = (qm * tl.abs(qm)) * dm
+    s = (qv * qv) * dv
+    v = s * s
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0) * grad_mul
+    if MAXIMIZE:
+        g = -g
+    p = p * decay
+    d = g - m
+    if LOW_W:  # torch.lerp's two branches, each one FMA as in the C++ kernels
+        m = tl.fma(omb1, d, m)
+    else:
+        m = tl.fma(omb1 - 1.0, d, g)
+    v = v * beta2 + (omb2 * g) * g
+    sn = tl.sqrt_rn(v)
+    p = p + (neg_step * m) / (sn * ibc2 + eps)
+    tl.store(p_ptr + offs, p, mask=mask)
+    # new scales: absmax, NaN if any NaN (masked lanes are zeros)
+    am = tl.max(tl.where(mask, tl.abs(m), 0.0), axis=0)
+    sm = tl.max(tl.where(mask, sn, 0.0), axis=0)
+    t = m + sn  # NaN iff m or sqrt(v) is: then both scales are NaN
+    nan = tl.max(tl.where(t != t, 1, 0), axis=0) > 0
+    am = tl.where(nan, float("nan"), am)
+    sm = tl.where(nan, float("nan"), sm)
+    tl.store(sm_ptr + blk, am)
+    tl.store(sv_ptr + blk, sm)
+    mok = (am > 0.0) & (am < float("inf"))
+    vok = (sm > 0.0) & (sm < float("inf"))
+    cm = tl.where(mok, tl.div_rn(16129.0, tl.where(mok, am, 1.0)), 0.0)
+    cv = tl.where(vok, tl.div_rn(65025.0, tl.where(vok, sm, 1.0)), 0.0)
+    q = tl.minimum(_sqrt_code(tl.abs(m) * cm), 127.0)
+    q = tl.where(mok, tl.where(m < 0, -q, q), 0.0)
+    u = tl.minimum(_sqrt_code(sn * cv), 255.0)
+    u = tl.where(vok, tl.where((sn > 0) & (u == 0), 1.0, u), 0.0)
+    tl.store(qm_ptr + offs, q.to(tl.int8), mask=mask)
+    tl.store(qv_ptr + offs, u.to(tl.uint8), mask=mask)
+
+
+def adamw_int8_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                exp_avg_scale: torch.Tensor, exp_avg_sq_scale: torch.Tensor, *, lr: float, beta1: float, beta2: float,
+                eps: float, weight_decay: float, step: float, maximize: bool, grad_scale: float = 1.0) -> None:
+    """One AdamW step with blockwise 8-bit states in place (validated by fasttrain.ops.optim.adamw_int8_step_).
+
+    param, grad: (N,) fp32; exp_avg: (N,) int8; exp_avg_sq: (N,) uint8; scales: (ceil(N / 256),) fp32.
+    """
+    n = param.numel()
+    if n == 0:
+        return
+    bc1 = 1.0 - math.pow(beta1, step)
+    bc2_sqrt = math.sqrt(1.0 - math.pow(beta2, step))
+    omb1 = 1.0 - beta1
+    _adamw_int8_kernel[(triton.cdiv(n, INT8_BLOCK),)](
+        param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, n, 1.0 - lr * weight_decay, omb1, beta2,
+        1.0 - beta2, 1.0 / bc2_sqrt, eps, -(lr / bc1), grad_scale, MAXIMIZE=bool(maximize), LOW_W=omb1 < 0.5,
+        BLOCK=INT8_BLOCK,
+    )

@@ -93,6 +93,25 @@ void bind_optim(py::module_ m) {
       "One fused AdamW step with fp32/fp16/bf16 params (+ optional fp32 masters) and fp32/bf16 states.");
 
   m.def(
+      "adamw_int8_",
+      [](uintptr_t p, uintptr_t g, uintptr_t exp_avg, uintptr_t exp_avg_sq, uintptr_t exp_avg_scale,
+         uintptr_t exp_avg_sq_scale, int64_t n, double lr, double beta1, double beta2, double eps, double weight_decay,
+         double step, bool maximize, double grad_mul, int threads) {
+        if (n < 0) throw std::invalid_argument("negative numel");
+        const optim::AdamWArgs a = make_args(lr, beta1, beta2, eps, weight_decay, step, maximize, false, grad_mul);
+        const int64_t blocks = (n + optim::kQBlock - 1) / optim::kQBlock;
+        optim::Int8Bufs b{ptr<float>(p, n, "param"), ptr<const float>(g, n, "grad"), ptr<int8_t>(exp_avg, n, "exp_avg"),
+                          ptr<uint8_t>(exp_avg_sq, n, "exp_avg_sq"), ptr<float>(exp_avg_scale, blocks, "exp_avg_scale"),
+                          ptr<float>(exp_avg_sq_scale, blocks, "exp_avg_sq_scale")};
+        py::gil_scoped_release nogil;
+        optim::adamw_int8(b, n, a, threads);
+      },
+      py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("exp_avg_scale"),
+      py::arg("exp_avg_sq_scale"), py::arg("numel"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+      py::arg("weight_decay"), py::arg("step"), py::arg("maximize"), py::arg("grad_mul"), py::arg("threads"),
+      "One fused AdamW step over flat fp32 params with blockwise 8-bit states (block 256; csrc/optim/optim_int8.h).");
+
+  m.def(
       "sgd_f32_",
       [](uintptr_t p, uintptr_t g, uintptr_t buf, int64_t n, double lr, double momentum, double dampening,
          double weight_decay, bool nesterov, bool maximize, bool first, int threads) {

@@ -55,6 +55,14 @@ void adamw_mixed(const MixedBufs& b, int64_t n, const AdamWArgs& a, int threads)
   for_chunks(n, threads, [&](int64_t off, int64_t len) { k.adamw_mixed(b, off, len, a); });
 }
 
+// kChunk is a multiple of kQBlock, so no 8-bit block straddles two chunks (or two threads).
+static_assert(kChunk % kQBlock == 0, "8-bit blocks must not straddle chunks");
+
+void adamw_int8(const Int8Bufs& b, int64_t n, const AdamWArgs& a, int threads) {
+  const OptimKernels& k = kernels();
+  for_chunks(n, threads, [&](int64_t off, int64_t len) { k.adamw_int8(b, off, len, a); });
+}
+
 void sgd_f32(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a, int threads) {
   const OptimKernels& k = kernels();
   for_chunks(n, threads, [&](int64_t off, int64_t len) { k.sgd_f32(p + off, g + off, buf ? buf + off : nullptr, len, a); });

@@ -56,6 +56,18 @@ struct MixedBufs {
   DType sdt;
 };
 
+// Buffers of one blockwise 8-bit AdamW pass (fp32 params; see optim_int8.h for the code maps).
+// Element i's states are codes m[i], v[i]; block i / kQBlock's scales m_scale[.], v_scale[.].
+constexpr int64_t kQBlock = 256;
+struct Int8Bufs {
+  float* p;
+  const float* g;
+  int8_t* m;
+  uint8_t* v;
+  float* m_scale;
+  float* v_scale;
+};
+
 // Span kernels of one ISA. All pointers cover the same n elements; max_v may be null unless amsgrad.
 struct OptimKernels {
   const char* name;
@@ -64,6 +76,8 @@ struct OptimKernels {
   void (*adamw_mixed)(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a);
   void (*sgd_f32)(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a);
   void (*lion_f32)(float* p, const float* g, float* m, int64_t n, const LionArgs& a);
+  // Elements [off, off + n) of the buffers in b, off a multiple of kQBlock (whole blocks but the last).
+  void (*adamw_int8)(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a);
   // Memory roofline for the AdamW pass: reads p, g, m, v and writes p, m, v (in place) with no math,
   // so a benchmark can time "the same bytes" next to the real kernel.
   void (*touch4r3w)(float* p, const float* g, float* m, float* v, int64_t n, float c);
@@ -82,6 +96,7 @@ const OptimKernels& kernels();
 void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64_t n, const AdamWArgs& a,
                int threads);
 void adamw_mixed(const MixedBufs& b, int64_t n, const AdamWArgs& a, int threads);
+void adamw_int8(const Int8Bufs& b, int64_t n, const AdamWArgs& a, int threads);
 void sgd_f32(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a, int threads);
 void lion_f32(float* p, const float* g, float* m, int64_t n, const LionArgs& a, int threads);
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c, int threads);

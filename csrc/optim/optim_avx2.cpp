@@ -4,6 +4,7 @@
 
 #include "optim.h"
 #include "optim_elem.h"
+#include "optim_int8.h"
 
 namespace ft::optim::avx2 {
 namespace {
@@ -48,6 +49,10 @@ void adamw_mixed(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a)
   dispatch_mixed<ElemLoop>(b, off, n, a);
 }
 
+// 8-bit states on AVX2: the portable block kernel (optim_int8.h) compiled with AVX2 + FMA; the
+// hand-written SIMD 8-bit path is AVX-512 only. Same operations, so the same codes bit for bit.
+void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) { adamw_int8_span_scalar(b, off, n, a); }
+
 void sgd_f32(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a) {
   for (int64_t i = 0; i < n; ++i) sgd_elem(p[i], g[i], buf ? buf + i : nullptr, a);
 }
@@ -76,7 +81,7 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"avx2", adamw_f32, adamw_mixed, sgd_f32, lion_f32, touch4r3w};
+  static const OptimKernels t{"avx2", adamw_f32, adamw_mixed, sgd_f32, lion_f32, adamw_int8, touch4r3w};
   return t;
 }
 

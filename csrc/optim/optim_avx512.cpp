@@ -5,6 +5,7 @@
 #include "../simd_avx512.h"
 #include "optim.h"
 #include "optim_elem.h"
+#include "optim_int8.h"
 
 namespace ft::optim::avx512 {
 namespace {
@@ -159,6 +160,104 @@ void adamw_mixed(const MixedBufs& b, int64_t off, int64_t n, const AdamWArgs& a)
   dispatch_mixed<MixedLoop>(b, off, n, a);
 }
 
+// --- blockwise 8-bit states (code maps and the exact rounding rule: optim_int8.h) ---------------
+// No FMA contraction here (see optim_int8.h): the codes must match the scalar path bit for bit.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+// round(sqrt(x)) with ties up, exactly, as an fp32 integer, for x in [0, qmax^2 (1 + 2^-21)] (so no
+// clamp: the next threshold, (qmax + 1/2)^2, is far above). No VSQRTPS: the update already has one per
+// vector. x * rsqrt14(x) is within 255 * 2^-14 < 0.016 of sqrt(x), so floor(it + 0.48) is q or q - 1,
+// never more; one comparison with the exact threshold (q + 1/2)^2 = q * (q + 1) + 1/4 (exact in fp32)
+// then picks q. Staying in fp32 saves the int <-> float round trip.
+inline __m512 sqrt_code(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 r = _mm512_rsqrt14_ps(_mm512_max_ps(x, _mm512_set1_ps(1e-30f)));  // x = 0 -> 0 * 1e15
+  const __m512 q = _mm512_roundscale_ps(_mm512_fmadd_ps(x, r, _mm512_set1_ps(0.48f)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 hi = _mm512_fmadd_ps(q, _mm512_add_ps(q, one), _mm512_set1_ps(0.25f));
+  return _mm512_mask_add_ps(q, _mm512_cmp_ps_mask(x, hi, _CMP_GE_OQ), q, one);
+}
+
+// max over the lanes of a.
+inline float hmax(__m512 a) { return _mm512_reduce_max_ps(a); }
+
+// max(|acc|, |x|) in one op (VRANGEPS imm 0b1011: larger magnitude, sign cleared). It does not carry
+// NaNs through on every CPU, so the caller tracks them with a compare.
+inline __m512 absmax(__m512 acc, __mmask16 k, __m512 x) { return _mm512_mask_range_ps(acc, k, acc, x, 0x0B); }
+
+// SCALED_G: the gradient is multiplied by grad_mul and/or negated (maximize); false skips both ops,
+// the common case (the pass is compute-bound on Zen 4: every vector op counts).
+template <bool SCALED_G>
+void adamw_int8_t(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
+  const __m512 decay = _mm512_set1_ps(a.decay), b2 = _mm512_set1_ps(a.beta2), omb2 = _mm512_set1_ps(a.one_minus_b2);
+  const bool low_w = a.one_minus_b1 < 0.5f;
+  const __m512 w = _mm512_set1_ps(low_w ? a.one_minus_b1 : a.one_minus_b1 - 1.0f);
+  const __m512 ibc2 = _mm512_set1_ps(1.0f / a.bc2_sqrt), eps = _mm512_set1_ps(a.eps), nss = _mm512_set1_ps(a.neg_step_size);
+  const __m512 sign = _mm512_set1_ps(a.maximize ? -0.0f : 0.0f), gm = _mm512_set1_ps(a.grad_mul);
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  const __m512i sbit = _mm512_set1_epi32(int32_t(0x80000000u));
+  alignas(64) float mb[kQBlock], sb[kQBlock];  // the block's new m and sqrt(v), in L1 until requantized
+  for (int64_t b0 = 0; b0 < n; b0 += kQBlock) {
+    const int64_t o = off + b0, len = std::min(kQBlock, n - b0), blk = o / kQBlock;
+    float* p = b.p + o;
+    const float* g = b.g + o;
+    const __m512 dm = _mm512_set1_ps(b.m_scale[blk] / kQm2), dv = _mm512_set1_ps(b.v_scale[blk] / kQv2);
+    __m512 am = zero, as = zero;
+    __mmask16 nan = 0;
+    for (int64_t i = 0; i < len; i += W) {
+      const __mmask16 k = mask_for(len - i);
+      const __m512 qm = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, b.m + o + i)));
+      const __m512 qv = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, b.v + o + i)));
+      __m512 vm = _mm512_mul_ps(_mm512_mul_ps(qm, _mm512_abs_ps(qm)), dm);
+      const __m512 s = _mm512_mul_ps(_mm512_mul_ps(qv, qv), dv);
+      __m512 vv = _mm512_mul_ps(s, s);
+      const __m512 vp = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + i), decay);
+      __m512 vg = _mm512_maskz_loadu_ps(k, g + i);
+      if constexpr (SCALED_G) vg = _mm512_xor_ps(_mm512_mul_ps(vg, gm), sign);
+      vm = _mm512_fmadd_ps(w, _mm512_sub_ps(vg, vm), low_w ? vm : vg);
+      vv = _mm512_add_ps(_mm512_mul_ps(vv, b2), _mm512_mul_ps(_mm512_mul_ps(omb2, vg), vg));
+      const __m512 sn = _mm512_sqrt_ps(vv);
+      // p * decay + (-step_size * m) / (sqrt(v) / bc2 + eps). A true division here, unlike adamw_f32's
+      // refined reciprocal: this pass is bound by the FP multiply pipes, and the divider has room.
+      const __m512 d = _mm512_fmadd_ps(sn, ibc2, eps);
+      _mm512_mask_storeu_ps(p + i, k, _mm512_add_ps(vp, _mm512_div_ps(_mm512_mul_ps(nss, vm), d)));
+      _mm512_store_ps(mb + i, vm);
+      _mm512_store_ps(sb + i, sn);
+      am = absmax(am, k, vm);
+      as = absmax(as, k, sn);
+      const __m512 t = _mm512_add_ps(vm, sn);  // NaN iff either is (one compare for both states)
+      nan |= _mm512_mask_cmp_ps_mask(k, t, t, _CMP_UNORD_Q);
+    }
+    const float amax = block_scale(hmax(am), nan != 0), smax = block_scale(hmax(as), nan != 0);
+    b.m_scale[blk] = amax;
+    b.v_scale[blk] = smax;
+    const bool mok = std::isfinite(amax) && amax > 0.0f, vok = std::isfinite(smax) && smax > 0.0f;
+    const __m512 cm = _mm512_set1_ps(mok ? kQm2 / amax : 0.0f), cv = _mm512_set1_ps(vok ? kQv2 / smax : 0.0f);
+    for (int64_t i = 0; i < len; i += W) {
+      const __mmask16 k = mask_for(len - i);
+      const __m512 vm = _mm512_load_ps(mb + i), sn = _mm512_load_ps(sb + i);
+      __m512i qm = _mm512_setzero_si512(), qv = _mm512_setzero_si512();
+      if (mok) {  // code with m's sign bit (a -0 code converts to 0)
+        const __m512 q = sqrt_code(_mm512_mul_ps(_mm512_abs_ps(vm), cm));
+        qm = _mm512_cvtps_epi32(_mm512_castsi512_ps(
+            _mm512_ternarylogic_epi32(_mm512_castps_si512(q), _mm512_castps_si512(vm), sbit, 0xF8)));  // q | (m & sign)
+      }
+      if (vok) {  // a nonzero sqrt(v) never gets code 0
+        const __m512 q = sqrt_code(_mm512_mul_ps(sn, cv));
+        qv = _mm512_cvtps_epi32(_mm512_mask_max_ps(q, _mm512_cmp_ps_mask(sn, zero, _CMP_GT_OQ), q, one));
+      }
+      _mm_mask_storeu_epi8(b.m + o + i, k, _mm512_cvtsepi32_epi8(qm));
+      _mm_mask_storeu_epi8(b.v + o + i, k, _mm512_cvtusepi32_epi8(qv));
+    }
+  }
+}
+
+void adamw_int8(const Int8Bufs& b, int64_t off, int64_t n, const AdamWArgs& a) {
+  if (a.grad_mul == 1.0f && !a.maximize) adamw_int8_t<false>(b, off, n, a);
+  else adamw_int8_t<true>(b, off, n, a);
+}
+#pragma GCC pop_options
+
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c) {
   const __m512 vc = _mm512_set1_ps(c);
   for (int64_t i = 0; i < n; i += W) {
@@ -173,7 +272,7 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"avx512", adamw_f32, adamw_mixed, sgd_f32, lion_f32, touch4r3w};
+  static const OptimKernels t{"avx512", adamw_f32, adamw_mixed, sgd_f32, lion_f32, adamw_int8, touch4r3w};
   return t;
 }
 

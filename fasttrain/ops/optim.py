@@ -358,3 +358,122 @@ register(OpSpec(qualname="fasttrain::sgd_", public=sgd_step_, reference=referenc
                 test="tests/ops/test_optim_sgd_lion.py", benchmark="benchmarks/bench_sgd.py", samples=_sgd_samples))
 register(OpSpec(qualname="fasttrain::lion_", public=lion_step_, reference=reference.lion_reference,
                 test="tests/ops/test_optim_sgd_lion.py", benchmark="benchmarks/bench_lion.py", samples=_lion_samples))
+
+
+# ---------------------------------------------------------------------------------------------
+# AdamW with blockwise 8-bit states (fp32 params). Code maps: csrc/optim/optim_int8.h, and in torch
+# fasttrain.ops.reference.quantize_int8_states_reference.
+
+__all__ += ["adamw_int8_step_"]
+
+_INT8 = "fasttrain.ops.adamw_int8_step_"
+INT8_BLOCK = reference.INT8_BLOCK
+
+
+@torch.library.custom_op(
+    "fasttrain::adamw_int8_",
+    mutates_args=("param", "exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"),
+    device_types="cpu",
+)
+def _adamw_int8_op(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    exp_avg_scale: torch.Tensor,
+    exp_avg_sq_scale: torch.Tensor,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: float,
+    maximize: bool,
+    grad_scale: float,
+) -> None:
+    _C.optim.adamw_int8_(
+        param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), exp_avg_scale.data_ptr(),
+        exp_avg_sq_scale.data_ptr(), param.numel(), lr, beta1, beta2, eps, weight_decay, step, maximize, grad_scale,
+        num_threads(),
+    )
+
+
+@_adamw_int8_op.register_fake
+def _(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, lr, beta1, beta2, eps, weight_decay, step,
+      maximize, grad_scale):
+    return None
+
+
+@_adamw_int8_op.register_kernel("cuda")
+def _(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, lr, beta1, beta2, eps, weight_decay, step,
+      maximize, grad_scale):
+    from fasttrain.kernels import optim as triton_optim
+
+    triton_optim.adamw_int8_(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, lr=lr, beta1=beta1,
+                             beta2=beta2, eps=eps, weight_decay=weight_decay, step=step, maximize=maximize,
+                             grad_scale=grad_scale)
+
+
+@torch.no_grad()
+def adamw_int8_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    exp_avg_scale: torch.Tensor,
+    exp_avg_sq_scale: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    step: float,
+    maximize: bool = False,
+    grad_scale: float = 1.0,
+) -> None:
+    """One AdamW step with blockwise 8-bit states, in place, in one pass per block of 256 elements:
+    dequantize m and v, the fp32 AdamW arithmetic of `adamw_step_`, write param, requantize m and v
+    with the block's new absmax (fasttrain.ops.reference.adamw_int8_reference).
+
+    param: (N,) or any shape, fp32, contiguous; grad: fp32, same numel (read only).
+    exp_avg: int8 codes, exp_avg_sq: uint8 codes (of sqrt(v)), same numel; exp_avg_scale,
+    exp_avg_sq_scale: (ceil(N / 256),) fp32 per-block scales. Element i is in block i // 256, so a
+    flat buffer of several tensors must start each tensor at a multiple of 256 to keep blocks per
+    tensor (fasttrain.optim.AdamW lays its buffers out that way). All buffers on one CPU device,
+    disjoint. step: the count after this update. grad_scale multiplies the gradient first.
+    A new state is all-zero codes and scales (m = v = 0).
+    """
+    lr, beta1, beta2, eps, weight_decay, step = (float(x) for x in (lr, beta1, beta2, eps, weight_decay, step))
+    _check_hparams(_INT8, lr, beta1, beta2, eps, weight_decay, step)
+    _check_buffers(_INT8, {"param": param, "grad": grad, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
+                   {"param": _F32, "grad": _F32, "exp_avg": (torch.int8,), "exp_avg_sq": (torch.uint8,)})
+    blocks = -(-param.numel() // INT8_BLOCK)
+    for name, t in (("exp_avg_scale", exp_avg_scale), ("exp_avg_sq_scale", exp_avg_sq_scale)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or not t.is_contiguous():
+            raise TypeError(f"{_INT8}: `{name}` must be a contiguous float32 tensor (one scale per block of "
+                            f"{INT8_BLOCK} elements)")
+        if t.numel() != blocks:
+            raise ValueError(f"{_INT8}: `{name}` has {t.numel()} elements; {param.numel()} params need "
+                             f"ceil({param.numel()} / {INT8_BLOCK}) = {blocks} scales")
+        if t.device != param.device:
+            raise ValueError(f"{_INT8}: `{name}` is on {t.device} but `param` is on {param.device}; "
+                             "move all buffers to one device")
+    if param.device.type != "meta" and exp_avg_scale.numel() and exp_avg_scale.data_ptr() == exp_avg_sq_scale.data_ptr():
+        raise ValueError(f"{_INT8}: `exp_avg_scale` and `exp_avg_sq_scale` share memory; pass separate tensors")
+    _adamw_int8_op(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, lr, beta1, beta2, eps,
+                   weight_decay, step, bool(maximize), float(grad_scale))
+
+
+def _adamw_int8_samples():
+    g = torch.Generator().manual_seed(0)
+    for n, maximize, gs in ((1, False, 1.0), (257, True, 0.5), (4099, False, 1.0)):
+        p, gr = torch.randn(n, generator=g), torch.randn(n, generator=g) * 1e-2
+        qm, qv, am, as_ = reference.quantize_int8_states_reference(torch.randn(n, generator=g) * 1e-2,
+                                                                   torch.rand(n, generator=g) * 1e-4)
+        yield (p, gr, qm, qv, am, as_, 1e-3, 0.9, 0.999, 1e-8, 0.01, 3.0, maximize, gs), {}
+
+
+register(OpSpec(qualname="fasttrain::adamw_int8_", public=adamw_int8_step_, reference=reference.adamw_int8_reference,
+                test="tests/ops/test_optim_int8.py", benchmark="benchmarks/bench_adamw.py",
+                samples=_adamw_int8_samples))

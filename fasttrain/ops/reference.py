@@ -292,6 +292,133 @@ def lion_reference(
     update = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign_()
     param.add_(update, alpha=-lr)
     exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blockwise 8-bit AdamW states (fasttrain.ops.adamw_int8_step_, AdamW(state_dtype="int8")). The code
+# maps are defined in csrc/optim/optim_int8.h; these functions are that definition in torch.
+
+__all__ += ["adamw_int8_reference", "quantize_int8_states_reference", "dequantize_int8_states_reference"]
+
+INT8_BLOCK = 256  # elements per scale
+_QM2, _QV2 = 127.0 * 127.0, 255.0 * 255.0
+
+
+def _sqrt_code(x: torch.Tensor, qmax: int) -> torch.Tensor:
+    """round(sqrt(x)) with ties up, i.e. #{k >= 1 : x >= (k - 1/2)^2}, clamped to [0, qmax]. In fp64 the
+    sqrt of an fp32 x is far enough from every threshold that floor(sqrt(x) + 1/2) is exact."""
+    return torch.floor(torch.sqrt(x.double()) + 0.5).clamp_(0, qmax).float()
+
+
+def _sqrt_f32(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded fp32 sqrt (as the kernels' VSQRTPS / std::sqrt): torch's vectorized fp32 sqrt
+    is not (it can be an ulp off); the fp64 sqrt rounded to fp32 is, since 53 >= 2 * 24 + 2 bits."""
+    return torch.sqrt(x.double()).float()
+
+
+def _by_block(x: torch.Tensor) -> torch.Tensor:
+    n = x.numel()
+    nb = -(-n // INT8_BLOCK)
+    out = torch.zeros(nb * INT8_BLOCK, dtype=x.dtype, device=x.device)
+    out[:n] = x.reshape(-1)
+    return out.view(nb, INT8_BLOCK)
+
+
+@torch.no_grad()
+def quantize_int8_states_reference(
+    exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 AdamW states -> (exp_avg codes int8, exp_avg_sq codes uint8, exp_avg_scale, exp_avg_sq_scale).
+
+    exp_avg, exp_avg_sq: any shape, same numel N; codes come back in that shape, scales are
+    (ceil(N / 256),) fp32. Per block of 256 elements (the last may be short):
+      am = max|m|,          q_m = sign(m) * round(sqrt(|m| * (127^2 / am)))              in [-127, 127]
+      s = sqrt(v), as = max s,  q_v = round(sqrt(s * (255^2 / as))), at least 1 where s > 0  in [0, 255]
+    with round = ties up, exactly (`_sqrt_code`), every product in fp32. Both scales of a block are NaN
+    if m + s is NaN anywhere in it; a block whose scale is not finite gets zero codes (it dequantizes
+    to NaN).
+    """
+    n, shape = exp_avg.numel(), exp_avg.shape
+    m = _by_block(exp_avg.float())
+    s = _by_block(_sqrt_f32(exp_avg_sq.float()))
+    nan = torch.isnan(m + s).any(1)
+    am = torch.where(nan, float("nan"), m.abs().amax(1))
+    as_ = torch.where(nan, float("nan"), s.amax(1))
+    mok, vok = torch.isfinite(am) & (am > 0), torch.isfinite(as_) & (as_ > 0)
+    cm = torch.where(mok, torch.full_like(am, _QM2) / am, 0.0)
+    cv = torch.where(vok, torch.full_like(as_, _QV2) / as_, 0.0)
+    qm = torch.where(mok[:, None], _sqrt_code(m.abs() * cm[:, None], 127), 0.0)
+    qm = torch.where(m < 0, -qm, qm)
+    qv = _sqrt_code(s * cv[:, None], 255)
+    qv = torch.where(vok[:, None], torch.where((s > 0) & (qv == 0), 1.0, qv), 0.0)
+    codes_m = qm.reshape(-1)[:n].to(torch.int8).reshape(shape)
+    codes_v = qv.reshape(-1)[:n].to(torch.uint8).reshape(shape)
+    return codes_m, codes_v, am, as_
+
+
+@torch.no_grad()
+def dequantize_int8_states_reference(
+    exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, exp_avg_scale: torch.Tensor, exp_avg_sq_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes + per-block scales -> fp32 (exp_avg, exp_avg_sq) in the codes' shape:
+    m = (q * |q|) * (am / 127^2),  s = (q * q) * (as / 255^2),  v = s * s   (fp32, in this order)."""
+    idx = torch.arange(exp_avg.numel(), device=exp_avg.device) // INT8_BLOCK
+    # Divided elementwise by a full tensor: torch turns division by a scalar into a multiplication by
+    # its reciprocal, which rounds differently from the kernels' (and IEEE) division.
+    am, as_ = exp_avg_scale.float(), exp_avg_sq_scale.float()
+    q = exp_avg.reshape(-1).float()
+    m = (q * q.abs()) * (am / torch.full_like(am, _QM2))[idx]
+    u = exp_avg_sq.reshape(-1).float()
+    s = (u * u) * (as_ / torch.full_like(as_, _QV2))[idx]
+    return m.reshape(exp_avg.shape), (s * s).reshape(exp_avg.shape)
+
+
+@torch.no_grad()
+def adamw_int8_reference(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    exp_avg_scale: torch.Tensor,
+    exp_avg_sq_scale: torch.Tensor,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    step: float,
+    maximize: bool = False,
+    grad_scale: float = 1.0,
+) -> None:
+    """One AdamW step with blockwise 8-bit states, in place: dequantize (m, v), the fp32 step of
+    `adamw_reference`, requantize with new per-block scales. The param update uses the new fp32 m and v
+    (before requantizing), as bitsandbytes does.
+
+    param, grad: fp32, any shape, same numel N; exp_avg (int8) and exp_avg_sq (uint8) codes of numel N;
+    exp_avg_scale, exp_avg_sq_scale: (ceil(N / 256),) fp32. All but grad are updated in place.
+    """
+    m, v = dequantize_int8_states_reference(exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale)
+    m, v = m.reshape(-1), v.reshape(-1)
+    g = grad.reshape(-1).float() * grad_scale
+    if maximize:
+        g = -g
+    p = param.view(-1)
+    # adamw_reference's arithmetic, except that v's update is written as the C++ kernels order it,
+    # v * beta2 + ((1 - beta2) * g) * g in separate ops (torch's addcmul_ may fuse its multiply-add
+    # into an FMA): the new states then match the kernels bit for bit, and so do the codes.
+    p.mul_(1 - lr * weight_decay)
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).add_(g.mul(1 - beta2).mul_(g))
+    denom = (_sqrt_f32(v) / (1 - beta2**step) ** 0.5).add_(eps)
+    p.addcdiv_(m, denom, value=-(lr / (1 - beta1**step)))
+    qm, qv, am, as_ = quantize_int8_states_reference(m, v)
+    exp_avg.copy_(qm.view(exp_avg.shape))
+    exp_avg_sq.copy_(qv.view(exp_avg_sq.shape))
+    exp_avg_scale.copy_(am)
+    exp_avg_sq_scale.copy_(as_)
+
+
 # quant: quantized linear layers (fasttrain.ops.quant). Each reference dequantizes the packed weights
 # and runs a plain matmul, in fp32 by default (pass dtype=torch.float64 for a ground truth).
 

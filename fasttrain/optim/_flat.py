@@ -32,22 +32,34 @@ __all__: list[str] = []
 _ALIGN = 16
 
 
-def _align(n: int) -> int:
-    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+_QBLOCK = 256  # elements per scale of 8-bit states (fasttrain.ops.reference.INT8_BLOCK)
+
+
+def _align(n: int, to: int = _ALIGN) -> int:
+    return (n + to - 1) // to * to
 
 
 class _FlatGroup:
     """The flat buffers of one param group. Buffers are 1-D of `total` elements."""
 
-    def __init__(self, params: list[torch.nn.Parameter], flat_grads: bool = True):
+    def __init__(self, params: list[torch.nn.Parameter], flat_grads: bool = True, int8_min_numel: int | None = None):
         self.params = params
         self.dtype = params[0].dtype
         self.numels = [p.numel() for p in params]
-        self.offsets: list[int] = []
+        self.offsets: list[int] = [0] * len(params)
+        # 8-bit states (fasttrain/optim/_int8.py): params of >= int8_min_numel elements go first, each
+        # at a multiple of the 256-element quantization block, ending at n8; the rest follow.
+        self.large = [int8_min_numel is not None and n >= int8_min_numel for n in self.numels]
         o = 0
-        for n in self.numels:
-            self.offsets.append(o)
-            o += _align(n)
+        for i, n in enumerate(self.numels):
+            if self.large[i]:
+                self.offsets[i] = o
+                o += _align(n, _QBLOCK)
+        self.n8 = o
+        for i, n in enumerate(self.numels):
+            if not self.large[i]:
+                self.offsets[i] = o
+                o += _align(n)
         self.total = o
         dev = params[0].device
         self.param_buf = torch.zeros(self.total, dtype=self.dtype, device=dev)
@@ -147,7 +159,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         group = self.param_groups[-1]
         self._check_group(group)
         flat_grads = not getattr(self, "step_in_backward", False)
-        fg = _FlatGroup(group["params"], flat_grads=flat_grads) if group["params"] else None
+        fg = _FlatGroup(group["params"], flat_grads=flat_grads, **self._layout(group)) if group["params"] else None
         self._flat.append(fg)
         if fg is not None:
             self._attach_state(group, fg)
@@ -172,6 +184,27 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         pass
+
+    def _layout(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Extra _FlatGroup arguments for this group (AdamW's 8-bit states ask for int8_min_numel)."""
+        return {}
+
+    def _load_group(self, group: dict[str, Any], fg: _FlatGroup, loaded: list[dict[str, Any]]) -> None:
+        """Copies each parameter's saved states (`loaded[i]`, not yet cast by torch) into the buffers."""
+        for name in self._state_names(group):
+            fg.state_buffer(name, self._state_dtype(group, fg, name))
+            for i, st in enumerate(loaded):
+                v = st.get(name)
+                view = fg.state_views[name][i]
+                if v is not None:
+                    view.copy_(v.reshape(view.shape))
+                elif name == "master":
+                    view.copy_(fg.param_views[i])
+                else:
+                    view.zero_()
+        names = self._state_names(group)
+        for i, p in enumerate(fg.params):
+            self.state[p] = {"step": fg.steps[i], **{n: fg.state_views[n][i] for n in names}}
 
     def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
         """idx None: the whole flat group at steps[0]; else the listed parameters at their own steps."""
@@ -269,18 +302,5 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     if s is None:  # torch.optim.SGD keeps no step count: a saved buffer means "not the first step"
                         s = 1.0 if any(isinstance(v, torch.Tensor) for v in st.values()) else 0.0
                     fg.steps[i] = float(s)
-                for name in self._state_names(group):
-                    fg.state_buffer(name, self._state_dtype(group, fg, name))
-                    for i, st in enumerate(loaded):
-                        v = st.get(name)
-                        view = fg.state_views[name][i]
-                        if v is not None:
-                            view.copy_(v.reshape(view.shape))
-                        elif name == "master":
-                            view.copy_(fg.param_views[i])
-                        else:
-                            view.zero_()
+                self._load_group(group, fg, loaded)
                 fg.refresh_uniform_step()
-                names = self._state_names(group)
-                for i, p in enumerate(fg.params):
-                    self.state[p] = {"step": fg.steps[i], **{n: fg.state_views[n][i] for n in names}}

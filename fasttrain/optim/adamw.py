@@ -15,6 +15,7 @@ import torch
 
 from fasttrain.ops.grad_norm import total_norm_host
 from fasttrain.ops.optim import adamw_step_
+from fasttrain.optim import _int8
 from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer
 
 __all__ = ["AdamW"]
@@ -25,8 +26,10 @@ _STATE_DTYPES = {"fp32": torch.float32, "float32": torch.float32, torch.float32:
 
 
 def _state_dtype_name(d: Any) -> str:
+    if d in ("int8", torch.int8):
+        return "int8"
     if d not in _STATE_DTYPES:
-        raise ValueError(f"Invalid state_dtype: {d!r}; use 'fp32' or 'bf16' (int8 states are not implemented yet)")
+        raise ValueError(f"Invalid state_dtype: {d!r}; use 'fp32', 'bf16' or 'int8'")
     return "fp32" if _STATE_DTYPES[d] == torch.float32 else "bf16"
 
 
@@ -47,7 +50,13 @@ class AdamW(_FlatOptimizer):
     param-group dicts.
     master_weights: for bf16/fp16 params, keep fp32 master weights inside the optimizer (state
     "master"); the step updates the master and writes the rounded param in the same pass.
-    state_dtype: "fp32" (default) or "bf16" for exp_avg / exp_avg_sq (computed in fp32, stored bf16).
+    state_dtype: "fp32" (default) or "bf16" for exp_avg / exp_avg_sq (computed in fp32, stored bf16), or
+    "int8": blockwise 8-bit states (block 256, one fp32 absmax scale per block and state; tensors under
+    4096 elements keep fp32 states), dequantized, updated and requantized in the same single pass;
+    ~2 bytes of state per parameter instead of 8. fp32 params only, no amsgrad. The code maps and the
+    state_dict layout: fasttrain/optim/_int8.py. The state_dtype a group is built with stays when a
+    state dict is loaded: fp32/bf16 states (e.g. from torch.optim.AdamW) are quantized into an int8
+    optimizer, and 8-bit states are dequantized into an fp32/bf16 one.
     stochastic_rounding: bf16 params without masters: round each updated param stochastically
     (unbiased, so updates smaller than a bf16 ulp still move the weights on average).
     max_grad_norm: clip to this global 2-norm over all groups (torch.nn.utils.clip_grad_norm_'s
@@ -150,6 +159,11 @@ class AdamW(_FlatOptimizer):
             raise TypeError(f"AdamW: parameter {i} has a {grad.layout} gradient; sparse gradients are not supported")
         fg.steps[i] += 1.0
         fg.uniform_step = None
+        if group["state_dtype"] == "int8":
+            fg.int8.step_one(fg, i, grad, float(fg.steps[i]), self._kwargs(group))
+            p.grad = None
+            self._updated.add(id(p))
+            return
         sv = fg.state_views
         adamw_step_(fg.param_views[i], grad.contiguous(), sv["exp_avg"][i], sv["exp_avg_sq"][i],
                     sv["max_exp_avg_sq"][i] if group["amsgrad"] else None, step=float(fg.steps[i]),
@@ -242,10 +256,48 @@ class AdamW(_FlatOptimizer):
         group.setdefault("master_weights", False)
         group.setdefault("stochastic_rounding", False)
         dtype = group["params"][0].dtype if group["params"] else torch.float32
+        if group["state_dtype"] == "int8" and (dtype != torch.float32 or group["amsgrad"]):
+            what = f"{dtype} params" if dtype != torch.float32 else "amsgrad=True"
+            raise ValueError(f"state_dtype='int8' is implemented for float32 params without amsgrad (got {what}); "
+                             "use state_dtype='bf16' for low-precision params or amsgrad")
         if group["stochastic_rounding"] and (dtype != torch.bfloat16 or group["master_weights"]):
             raise ValueError(f"stochastic_rounding=True needs bfloat16 params without master weights (got {dtype} params"
                              f"{', master_weights=True' if group['master_weights'] else ''}): with masters the rounding "
                              "error does not accumulate, and fp16/fp32 params round to nearest")
+
+    def _layout(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {"int8_min_numel": _int8.INT8_MIN_NUMEL} if group["state_dtype"] == "int8" else {}
+
+    def _attach_state(self, group: dict[str, Any], fg: _FlatGroup) -> None:
+        if group["state_dtype"] != "int8":
+            return super()._attach_state(group, fg)
+        fg.int8 = _int8.Int8States(fg)
+        for i, p in enumerate(fg.params):
+            self.state[p] = {"step": fg.steps[i], **fg.int8.views[i]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A group keeps the state_dtype it was built with when either side is "int8" (it decides the
+        # flat layout); the states are converted in _load_group. A torch.optim.AdamW state dict has no
+        # state_dtype: into an int8 group its fp32 states are quantized.
+        before = [g["state_dtype"] for g in self.param_groups]
+        groups = []
+        for saved, mine in zip(state_dict["param_groups"], before):
+            if (mine == "int8") != (saved.get("state_dtype") == "int8"):
+                saved = dict(saved, state_dtype=mine)
+            groups.append(saved)
+        super().load_state_dict(dict(state_dict, param_groups=groups + state_dict["param_groups"][len(groups):]))
+
+    def _load_group(self, group: dict[str, Any], fg: _FlatGroup, loaded: list[dict[str, Any]]) -> None:
+        if group["state_dtype"] == "int8":
+            for i, st in enumerate(loaded):
+                fg.int8.load(i, st)
+            for i, p in enumerate(fg.params):
+                self.state[p] = {"step": fg.steps[i], **fg.int8.views[i]}
+            return
+        # 8-bit states saved by an int8 optimizer, loaded into fp32/bf16 states: dequantize them
+        loaded = [dict(st, **dict(zip(("exp_avg", "exp_avg_sq"), _int8.dequantize_states(st))))
+                  if "exp_avg_scale" in st else st for st in loaded]
+        super()._load_group(group, fg, loaded)
 
     def _state_dtype(self, group: dict[str, Any], fg: _FlatGroup, name: str) -> torch.dtype:
         return torch.float32 if name == "master" else _STATE_DTYPES[group["state_dtype"]]
@@ -257,6 +309,13 @@ class AdamW(_FlatOptimizer):
 
     def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
         kw = self._kwargs(group)
+        if group["state_dtype"] == "int8":
+            if idx is None:
+                fg.int8.step_all(fg, steps[0], kw)
+            else:
+                for i, s in zip(idx, steps):
+                    fg.int8.step_one(fg, i, fg.params[i].grad, s, kw)
+            return
         amsgrad = group["amsgrad"]
         if amsgrad:
             fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))

@@ -45,3 +45,29 @@ def test_triton_adamw_matches_cpp(n, pdt, use_master, cfg):
         adamw_reference(*ref[:4], ref[4] if kw["amsgrad"] else None,
                         **{k: x for k, x in kw.items()})
         torch.testing.assert_close(tri[0].cpu(), ref[0], rtol=1e-6, atol=1e-9)
+
+
+# --- blockwise 8-bit states (fasttrain::adamw_int8_) ----------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 7, 255, 257, 4099])
+@pytest.mark.parametrize("cfg", [dict(), dict(maximize=True, weight_decay=0.1, grad_scale=0.5), dict(beta1=0.3)],
+                         ids=["default", "maximize-wd-scale", "beta1-0.3"])
+def test_triton_adamw_int8_matches_cpp(n, cfg):
+    from fasttrain.ops import adamw_int8_step_
+    from fasttrain.ops.reference import quantize_int8_states_reference
+
+    g = torch.Generator().manual_seed(n)
+    p, grad = torch.randn(n, generator=g), torch.randn(n, generator=g) * 1e-2
+    states = quantize_int8_states_reference(torch.randn(n, generator=g) * 1e-2,
+                                            torch.rand(n, generator=g) * 1e-4 * torch.exp(3 * torch.randn(n, generator=g)))
+    kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, maximize=False, grad_scale=1.0)
+    kw.update(cfg)
+    cpp = [p.clone(), grad, *(t.clone() for t in states)]
+    tri = [t.clone().to(DEVICE) for t in cpp]
+    for step in (1, 2):
+        adamw_int8_step_(*cpp, step=step, **kw)
+        tk.adamw_int8_(*tri, step=step, **kw)
+    torch.testing.assert_close(tri[0].cpu(), cpp[0], rtol=1e-6, atol=1e-8)
+    for name, c, t in zip(("exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"), cpp[2:], tri[2:]):
+        assert torch.equal(t.cpu(), c), name
