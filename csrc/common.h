@@ -11,6 +11,12 @@ namespace ft {
 // Dtype codes shared with fasttrain/ops/_lib.py. Keep the two in sync.
 enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
 
+// Internal linkage (anonymous namespace) for the helpers below: this header is compiled into
+// translation units built with different ISA flags, and shared `inline` definitions would be merged
+// by the linker into one copy, so the scalar path could run an AVX-512-compiled body (SIGILL on CPUs
+// without it).
+namespace {
+
 // Calls f(std::integral_constant<DType, D>{}) for the runtime dtype, so each ISA file writes its
 // kernels once as templates over D and dispatches in one line.
 template <class F>
@@ -86,6 +92,8 @@ inline void store_f32(void* p, int64_t i, DType dt, float v) {
     default: static_cast<uint16_t*>(p)[i] = f32_to_bf16(v); break;
   }
 }
+
+}  // namespace
 
 // One set of single-threaded streaming kernels per ISA. Each works on one contiguous span of
 // `n` elements; the multi-tensor driver (multi_tensor.cpp) splits work and threads.

@@ -9,6 +9,10 @@
 #include "common.h"
 
 namespace ft::simd256 {
+// Internal linkage (anonymous namespace): this header is compiled into translation units built with
+// different ISA flags. Shared `inline` definitions would be merged by the linker into one copy, so the
+// scalar path could end up running an AVX-512-compiled body (SIGILL on CPUs without it).
+namespace {
 
 template <DType D>
 inline __m256 load(const void* p, int64_t i) {
@@ -45,4 +49,5 @@ inline void store(void* p, int64_t i, __m256 v) {
   }
 }
 
+}  // namespace
 }  // namespace ft::simd256

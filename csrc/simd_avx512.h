@@ -9,6 +9,10 @@
 #include "common.h"
 
 namespace ft::simd512 {
+// Internal linkage (anonymous namespace): this header is compiled into translation units built with
+// different ISA flags. Shared `inline` definitions would be merged by the linker into one copy, so the
+// scalar path could end up running an AVX-512-compiled body (SIGILL on CPUs without it).
+namespace {
 
 // The first `left` lanes (all 16 when left >= 16).
 inline __mmask16 mask_for(int64_t left) { return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u); }
@@ -50,4 +54,5 @@ inline void store(void* p, int64_t i, __mmask16 k, __m512 v) {
   }
 }
 
+}  // namespace
 }  // namespace ft::simd512

@@ -1,7 +1,7 @@
 // One element of each optimizer update in plain C++: the scalar path, and the tails of the SIMD
 // paths. Order of operations follows torch.optim's single-tensor ("for-loop") implementations;
-// files are compiled in ISO mode (-std=c++17), so GCC does not contract a*b+c into an FMA unless
-// written as std::fma, keeping the scalar and SIMD paths bit-identical where they both use fma.
+// CMakeLists.txt builds with -ffp-contract=off (GCC would contract a*b+c into an FMA in any mode), so
+// only std::fma is fused, keeping the scalar and SIMD paths bit-identical where they both use fma.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -9,6 +9,10 @@
 #include "optim.h"
 
 namespace ft::optim {
+// Internal linkage (anonymous namespace): this header is compiled into translation units built with
+// different ISA flags. Shared `inline` definitions would be merged by the linker into one copy, so the
+// scalar path could end up running an AVX-512-compiled body (SIGILL on CPUs without it).
+namespace {
 
 // Counter-based noise for stochastic rounding: element index -> 32 random bits, so the result does
 // not depend on how elements are split over threads. (Mixing function: "lowbias32" by C. Wellons.)
@@ -112,4 +116,5 @@ struct ElemLoop {
   }
 };
 
+}  // namespace
 }  // namespace ft::optim
