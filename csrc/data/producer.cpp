@@ -175,6 +175,11 @@ bool Producer::wait_idle(int timeout_ms) {
   return idle_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return busy_ == 0; });
 }
 
+bool Producer::wait_exit(int timeout_ms) {
+  std::unique_lock<std::mutex> lk(mu_);
+  return idle_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return running_ == 0; });
+}
+
 int Producer::running() const {
   std::lock_guard<std::mutex> g(mu_);
   return running_;

@@ -7,12 +7,19 @@ Rank r of W takes global positions r, r + W, r + 2W, ...: shards are disjoint an
 epoch. Resuming is therefore O(1): `state_dict()` is (epoch, next batch) plus the settings it must
 match, and the next batch is computed directly, no fast-forwarding.
 
-Pipeline. `num_threads` worker threads each take the next batch number, compute its indices and
-run the fused C++ pass on it (GIL released) that gathers the rows and applies the fused per-field
-transforms in one pass, then any numba `batch_transform`s, and wraps the result as the batch the
-user gets; batches are yielded in order. Up to `prefetch` batches wait ready while every worker
-fills one more, so a model step slower than loading never waits: `next()` only hands over a
-finished batch. Plain Python callables (and the copy to a device) run on the consumer thread.
+Pipeline. Two implementations, same batches bit for bit:
+- native (fasttrain/data/_native.py): record files, dicts/tuples of arrays and TokenLoader, when no
+  field has a numba `batch_transform`. `num_threads` C++ std::threads (never holding the GIL) each
+  claim the next batch number, compute its indices and run the fused gather + transform pass into a
+  ring of prefetch + num_threads + 1 preallocated slots; `next()` only gives the previous slot back,
+  waits for the next one with the GIL released and returns aliases of its tensors.
+- Python worker threads (below): torch Dataset sources and fields with numba `batch_transform`s.
+  `num_threads` worker threads each take the next batch number, compute its indices and run the
+  fused C++ pass on it (GIL released), then any numba `batch_transform`s, and wrap the result as
+  the batch the user gets; batches are yielded in order.
+Either way `prefetch` + num_threads batches wait ready ahead, so a model step slower than loading
+never waits: `next()` only hands over a finished batch. Plain Python callables (and the copy to a
+device) run on the consumer thread.
 
 Buffer contract. Batches are views of a small pool of preallocated buffers, and a buffer is refilled
 only when nothing outside the loader references its memory any more (checked through the storage's
@@ -31,7 +38,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from fasttrain._ext import _C
 from fasttrain._ext import num_threads as _default_threads
+from fasttrain.data._native import NativeIter, _Run
 from fasttrain.data.formats import RecordFile, read_tokens
 from fasttrain.data.transforms import BatchTransform, Normalize, RandomCrop, RandomHorizontalFlip, Widen
 from fasttrain.ops import data as _ops
@@ -51,6 +60,7 @@ def _stop_all() -> None:
         stop.set()
     for thread, _ in running:
         thread.join()
+    _C.data.stop_all_producers()  # native producers: their threads write into buffers freed at exit
 
 
 # A worker waiting for the consumer to catch up re-checks after 0.5 ms, doubling up to 4 ms: fast
@@ -281,18 +291,33 @@ class _BaseLoader:
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
 
     # -- iteration ----------------------------------------------------------------------------
-    def __iter__(self) -> _Iter:
+    def __iter__(self) -> _Iter | NativeIter:
         self.close()
         if self._batch >= len(self) > 0:
             self._epoch, self._batch = self._epoch + 1, 0
+        spec = self._native_spec(self._epoch)
+        if spec is not None:
+            it = NativeIter(self, self._epoch, self._batch, spec, self._make_buffers, self._finish_native)
+            self._running = it.run  # not the iterator itself: dropping it stops the producer
+            return it
         it = _Iter(self, self._epoch, self._batch)
         self._running = (it.sh, it.threads)  # not the iterator itself: dropping it stops the workers
         return it
 
+    def _native_spec(self, epoch: int):
+        """A ProducerSpec with the order filled in, or None where this loader needs Python worker threads."""
+        spec = _C.data.ProducerSpec()
+        spec.n, spec.seed, spec.epoch, spec.shuffle = self.num_samples, self.seed, epoch, self.shuffle
+        spec.rank, spec.world, spec.batch_size = self.rank, self.world_size, self.batch_size
+        spec.rank_samples = self._rank_samples()
+        return spec
+
     def close(self) -> None:
-        """Stops the prefetch thread of the current iteration (iter() does this too)."""
+        """Stops the prefetch threads of the current iteration (iter() does this too)."""
         running, self._running = self._running, None
-        if running is not None:
+        if isinstance(running, _Run):
+            running.close()
+        elif running is not None:
             sh, threads = running
             sh.stop.set()
             with sh.cond:
@@ -471,6 +496,21 @@ class Loader(_BaseLoader):
             return _Done(tuple(views) if self._as_tuple else dict(zip(self._arrays, views)))
         return bufs, views
 
+    def _native_spec(self, epoch: int):
+        if self._dataset is not None or any(self._post):
+            return None  # torch Datasets and numba batch_transforms run in Python worker threads
+        spec = super()._native_spec(epoch)
+        spec.plans = self._plans
+        return spec
+
+    def _make_buffers(self) -> list[torch.Tensor]:
+        return [self._empty((self.batch_size, *shape), dtype) for shape, dtype in self._shapes]
+
+    def _finish_native(self, bufs: _Buffers, views: list):
+        if self._worker_finishes:
+            return tuple(views) if self._as_tuple else dict(zip(self._arrays, views))
+        return self._finish((bufs, views))
+
     def _workers(self) -> int:
         # A torch Dataset is not necessarily thread-safe: one worker reads it, in order.
         return 1 if self._dataset is not None else self._threads()
@@ -519,6 +559,18 @@ class TokenLoader(_BaseLoader):
     def phase(self, epoch: int) -> int:
         """Token offset of window 0 in `epoch`, in [0, (T - 1) % block_size]."""
         return _hash3(self.seed, epoch, 0x70C) % (self._slack + 1)
+
+    def _native_spec(self, epoch: int):
+        spec = super()._native_spec(epoch)
+        spec.windows, spec.tokens, spec.token_code = True, self.tokens.ctypes.data, _ops.INT_CODES[self.tokens.dtype]
+        spec.block, spec.phase = self.block_size, self.phase(epoch)
+        return spec
+
+    def _make_buffers(self) -> list[torch.Tensor]:
+        return [self._empty((self.batch_size, self.block_size), torch.int64) for _ in range(2)]
+
+    def _finish_native(self, bufs: _Buffers, views: list):
+        return tuple(self._to_device(bufs, views))
 
     def _produce(self, epoch: int, b: int):
         starts = self.indices(epoch, b) * self.block_size + self.phase(epoch)

@@ -1,0 +1,190 @@
+"""The native pipeline of Loader and TokenLoader: C++ threads fill a ring of batch slots, Python only hands them out.
+
+Producer. `fasttrain._C.data.Producer` starts `num_threads` std::threads that never take the GIL:
+each claims the next batch number, computes its indices (the same Feistel order as
+`Loader.indices`) and runs the fused gather/crop/flip/normalize pass (or the token-window gather)
+into slot `b % slots` of a ring of preallocated buffers. With slots = prefetch + num_threads + 1,
+`prefetch + num_threads` batches wait ready while the user holds the last one handed out.
+
+Consumer. `next()` (1) gives the previous batch's slot back to the producer: as it is if nothing
+outside the loader references its memory (storage use count back to its idle value, and for a
+pinned slot its copy to the GPU finished), else with fresh buffers swapped in, so a held batch is
+never overwritten; (2) waits for the batch's slot with the GIL released; (3) returns aliases of the
+slot's tensors. The aliases are made per batch (`detach()`, ~0.4 us a field) on purpose: a fresh
+TensorImpl is what makes a batch that only autograd still holds visible in the storage use count,
+where a view created once per slot would stay alive in the ring anyway and hide it.
+
+Errors raised while filling batch b (a C++ exception) are raised by the `next()` that reaches b,
+translated by pybind11 (std::runtime_error -> RuntimeError, std::bad_alloc -> MemoryError, ...).
+Shutdown: the iterator's __del__, `loader.close()`, a new `iter()` and interpreter exit (atexit,
+`stop_all_producers`) stop the threads after the batch they are filling; a consumer blocked in
+`next()` wakes every 50 ms to take Ctrl-C as KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+from fasttrain._ext import _C
+
+
+class _Run:
+    """One pass's producer and slots, shared by the iterator and the loader (which may close it)."""
+
+    def __init__(self, producer, slots):
+        self.producer, self.slots, self.closed = producer, slots, False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.producer.stop()
+        self.producer.join()  # GIL released; threads finish their current batch (< 1 ms) and exit
+        for s in self.slots:
+            s.busy = False  # back to the loader's pool: reused once nothing holds them
+
+
+class NativeIter:
+    """One pass over the rest of an epoch, filled by a native Producer."""
+
+    def __init__(self, loader, epoch: int, start: int, spec, make, finish):
+        self.loader, self.epoch, self.next_b, self.end = loader, epoch, start, len(loader)
+        self._released = start  # the oldest batch whose slot the producer does not have back yet
+        self._make, self._finish = make, finish
+        workers = loader._threads()
+        self._n_slots = S = loader.prefetch + workers + 1
+        slots = [loader._acquire(make) for _ in range(S)]
+        for b in slots:
+            b.busy = True  # owned by this ring until it gives them back
+        spec.first, spec.end, spec.slots, spec.threads = start, self.end, S, workers
+        fault = getattr(loader, "_fault", None)
+        if fault is not None:
+            spec.fault_batch, spec.fault_kind = fault
+        self._B, self._rank_samples = loader.batch_size, loader._rank_samples()
+        producer = _C.data.Producer(spec, [[t.data_ptr() for t in b.tensors] for b in slots])
+        self.run = _Run(producer, slots)
+        self.threads = [_ThreadHandle(producer) for _ in range(min(workers, max(self.end - start, 0)))]
+
+    def __iter__(self):
+        return self
+
+    def _give_back(self, b: int) -> None:
+        """Returns batch b's slot to the producer, with fresh buffers if the user still holds it."""
+        run = self.run
+        slots = run.slots
+        s = b % self._n_slots
+        bufs = slots[s]
+        if bufs.free() and (bufs.event is None or bufs.event.query()):
+            bufs.event = None
+            run.producer.release(b, [])
+        else:
+            bufs.busy = False  # leaves the ring; the pool reuses it once the user lets go
+            new = self.loader._acquire(self._make)
+            slots[s] = new
+            run.producer.release(b, [t.data_ptr() for t in new.tensors])
+        self._released = b + 1
+
+    def _views(self, b: int) -> tuple:
+        bufs = self.run.slots[b % self._n_slots]
+        n = min(self._B, self._rank_samples - b * self._B)
+        if n == self._B:
+            return bufs, [t.detach() for t in bufs.tensors]
+        return bufs, [t[:n] for t in bufs.tensors]
+
+    def __next__(self):
+        b = self.next_b
+        run = self.run
+        if b >= self.end or run.closed:
+            raise StopIteration
+        if self._released < b:
+            self._give_back(b - 1)
+        try:
+            ready = run.producer.wait(b)  # GIL released while waiting
+        except KeyboardInterrupt:
+            raise  # the pass goes on: next() may be called again
+        except BaseException:
+            run.close()
+            raise
+        if not ready:  # stopped by loader.close() (or a new iter()) meanwhile
+            raise StopIteration
+        self.next_b = b + 1
+        loader = self.loader
+        # Epochs advance by themselves, as the next iter() expects (self.end is len(loader)).
+        loader._epoch, loader._batch = (self.epoch + 1, 0) if b + 1 >= self.end else (self.epoch, b + 1)
+        bufs, views = self._views(b)
+        return self._finish(bufs, views)
+
+    def close(self) -> None:
+        self.run.close()
+
+    def __del__(self):
+        run = getattr(self, "run", None)
+        if run is not None:
+            run.close()
+
+    @property
+    def sh(self) -> "_RingView":
+        """The ring seen as the Python worker pool's shared state (ready batches by number): introspection for tests."""
+        return _RingView(self)
+
+
+class _ThreadHandle:
+    """threading.Thread-like view of the producer's threads (all of them), for introspection and tests."""
+
+    def __init__(self, producer):
+        self._producer = producer
+
+    def is_alive(self) -> bool:
+        return self._producer.running() > 0
+
+    def join(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            while not self._producer.wait_exit(1000):
+                pass
+        else:
+            self._producer.wait_exit(int(timeout * 1000))
+
+
+class _Ready:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+class _RingCond:
+    """Condition-like: wait_for(pred) re-checks pred whenever the producer threads go idle."""
+
+    def __init__(self, producer):
+        self._producer = producer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def wait_for(self, predicate, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not predicate():
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            if self._producer.wait_idle(int(left * 1000) + 1) and not predicate():
+                return False  # every thread waits for a slot: nothing changes until the consumer moves
+        return True
+
+
+class _RingView:
+    def __init__(self, it: NativeIter):
+        self._it = weakref.ref(it)
+        self.cond = _RingCond(it.run.producer)
+        self.consumer_waiting = False  # the native producer always notifies a waiting consumer
+
+    @property
+    def ready(self) -> dict:
+        it = self._it()
+        if it is None:
+            return {}
+        return {b: _Ready(it._finish(*it._views(b))) for b in it.run.producer.ready() if b >= it.next_b}
