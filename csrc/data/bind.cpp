@@ -118,7 +118,8 @@ void bind_data(py::module_ m) {
       .def(py::init<ProducerSpec, std::vector<std::vector<uintptr_t>>>(), py::arg("spec"), py::arg("outs"))
       .def(
           "wait",
-          [](Producer& p, int64_t b) {
+          [](Producer& p, int64_t b, bool release_prev) {
+            if (release_prev) p.release(b - 1, {});  // one call instead of two: next() is the hot path
             for (;;) {
               int r;
               {
@@ -129,7 +130,8 @@ void bind_data(py::module_ m) {
               if (PyErr_CheckSignals() != 0) throw py::error_already_set();
             }
           },
-          py::arg("b"), "True once batch b is ready, False if stopped; raises the error that filling it raised.")
+          py::arg("b"), py::arg("release_prev") = false,
+          "True once batch b is ready, False if stopped; raises the error that filling it raised.")
       .def("release", &Producer::release, py::arg("b"), py::arg("new_outs"))
       .def("stop", &Producer::stop, py::call_guard<py::gil_scoped_release>())
       .def("join", &Producer::join, py::call_guard<py::gil_scoped_release>())

@@ -25,8 +25,56 @@ from __future__ import annotations
 
 import time
 import weakref
+from sys import getrefcount
+
+import torch
 
 from fasttrain._ext import _C
+
+
+_TENSOR_USE_COUNT = getattr(torch.Tensor, "_use_count", None)  # private torch API: TensorImpl references
+
+
+class _Slot:
+    """One ring slot: pool buffers plus the aliases handed out for every full batch in it.
+
+    The aliases are made once. A batch is still held when an alias has more Python references than
+    the ring's own (the user's variables, a dict or list), more TensorImpl references (autograd
+    saved it for backward), or the storage more users (a view or slice of the batch). Without
+    torch's use-count APIs a fresh alias is made per batch and slots are never reused (always safe)."""
+
+    __slots__ = ("bufs", "pairs", "idle")
+
+    def __init__(self, bufs, storage_use_count):
+        self.bufs = bufs
+        if _TENSOR_USE_COUNT is None or storage_use_count is None:
+            self.pairs = None
+            return
+        self.pairs = [(t.detach(), t.untyped_storage(), storage_use_count) for t in bufs.tensors]
+        self.idle = self._counts()
+
+    def _counts(self) -> list:
+        return [(getrefcount(a), a._use_count(), suc(st._cdata)) for a, st, suc in self.pairs]
+
+    def aliases(self) -> list:
+        if self.pairs is None:
+            return [t.detach() for t in self.bufs.tensors]
+        return [a for a, _, _ in self.pairs]
+
+    def free(self) -> bool:
+        if self.pairs is None or self._counts() != self.idle:
+            return False
+        ev = self.bufs.event
+        if ev is not None:  # pinned slot: its last copy to the GPU must be done
+            if not ev.query():
+                return False
+            self.bufs.event = None
+        return True
+
+    def leave(self) -> None:
+        """Back to the loader's pool; the pool reuses the buffers once nothing references them."""
+        self.pairs = None
+        self.bufs.busy = False
 
 
 class _Run:
@@ -42,65 +90,63 @@ class _Run:
         self.producer.stop()
         self.producer.join()  # GIL released; threads finish their current batch (< 1 ms) and exit
         for s in self.slots:
-            s.busy = False  # back to the loader's pool: reused once nothing holds them
+            s.leave()
 
 
 class NativeIter:
     """One pass over the rest of an epoch, filled by a native Producer."""
 
     def __init__(self, loader, epoch: int, start: int, spec, make, finish):
+        from fasttrain.data import loader as loader_mod  # its _STORAGE_USE_COUNT may be patched (tests)
+
         self.loader, self.epoch, self.next_b, self.end = loader, epoch, start, len(loader)
         self._released = start  # the oldest batch whose slot the producer does not have back yet
         self._make, self._finish = make, finish
+        self._suc = loader_mod._STORAGE_USE_COUNT
         workers = loader._threads()
         self._n_slots = S = loader.prefetch + workers + 1
-        slots = [loader._acquire(make) for _ in range(S)]
-        for b in slots:
-            b.busy = True  # owned by this ring until it gives them back
+        slots = [self._new_slot() for _ in range(S)]
         spec.first, spec.end, spec.slots, spec.threads = start, self.end, S, workers
         fault = getattr(loader, "_fault", None)
         if fault is not None:
             spec.fault_batch, spec.fault_kind = fault
         self._B, self._rank_samples = loader.batch_size, loader._rank_samples()
-        producer = _C.data.Producer(spec, [[t.data_ptr() for t in b.tensors] for b in slots])
+        producer = _C.data.Producer(spec, [[t.data_ptr() for t in s.bufs.tensors] for s in slots])
         self.run = _Run(producer, slots)
         self.threads = [_ThreadHandle(producer) for _ in range(min(workers, max(self.end - start, 0)))]
+
+    def _new_slot(self) -> _Slot:
+        bufs = self.loader._acquire(self._make)  # marked busy: owned by this ring until it leaves
+        return _Slot(bufs, self._suc)
 
     def __iter__(self):
         return self
 
-    def _give_back(self, b: int) -> None:
-        """Returns batch b's slot to the producer, with fresh buffers if the user still holds it."""
-        run = self.run
-        slots = run.slots
-        s = b % self._n_slots
-        bufs = slots[s]
-        if bufs.free() and (bufs.event is None or bufs.event.query()):
-            bufs.event = None
-            run.producer.release(b, [])
-        else:
-            bufs.busy = False  # leaves the ring; the pool reuses it once the user lets go
-            new = self.loader._acquire(self._make)
-            slots[s] = new
-            run.producer.release(b, [t.data_ptr() for t in new.tensors])
-        self._released = b + 1
-
     def _views(self, b: int) -> tuple:
-        bufs = self.run.slots[b % self._n_slots]
+        slot = self.run.slots[b % self._n_slots]
         n = min(self._B, self._rank_samples - b * self._B)
         if n == self._B:
-            return bufs, [t.detach() for t in bufs.tensors]
-        return bufs, [t[:n] for t in bufs.tensors]
+            return slot.bufs, slot.aliases()
+        return slot.bufs, [t[:n] for t in slot.bufs.tensors]
 
     def __next__(self):
         b = self.next_b
         run = self.run
         if b >= self.end or run.closed:
             raise StopIteration
-        if self._released < b:
-            self._give_back(b - 1)
+        release = False
+        if self._released < b:  # give the previous batch's slot back
+            self._released = b
+            s = (b - 1) % self._n_slots
+            slot = run.slots[s]
+            if slot.free():
+                release = True  # done by wait(), one call fewer
+            else:  # the user still holds that batch: the slot gets fresh buffers
+                slot.leave()
+                run.slots[s] = new = self._new_slot()
+                run.producer.release(b - 1, [t.data_ptr() for t in new.bufs.tensors])
         try:
-            ready = run.producer.wait(b)  # GIL released while waiting
+            ready = run.producer.wait(b, release)  # GIL released while waiting
         except KeyboardInterrupt:
             raise  # the pass goes on: next() may be called again
         except BaseException:
@@ -112,8 +158,7 @@ class NativeIter:
         loader = self.loader
         # Epochs advance by themselves, as the next iter() expects (self.end is len(loader)).
         loader._epoch, loader._batch = (self.epoch + 1, 0) if b + 1 >= self.end else (self.epoch, b + 1)
-        bufs, views = self._views(b)
-        return self._finish(bufs, views)
+        return self._finish(*self._views(b))
 
     def close(self) -> None:
         self.run.close()
