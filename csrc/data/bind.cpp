@@ -118,8 +118,7 @@ void bind_data(py::module_ m) {
       .def(py::init<ProducerSpec, std::vector<std::vector<uintptr_t>>>(), py::arg("spec"), py::arg("outs"))
       .def(
           "wait",
-          [](Producer& p, int64_t b, bool release_prev) {
-            if (release_prev) p.release(b - 1, {});  // one call instead of two: next() is the hot path
+          [](Producer& p, int64_t b) {
             for (;;) {
               int r;
               {
@@ -130,9 +129,17 @@ void bind_data(py::module_ m) {
               if (PyErr_CheckSignals() != 0) throw py::error_already_set();
             }
           },
-          py::arg("b"), py::arg("release_prev") = false,
+          py::arg("b"),
           "True once batch b is ready, False if stopped; raises the error that filling it raised.")
       .def("release", &Producer::release, py::arg("b"), py::arg("new_outs"))
+      .def("kick", &Producer::kick)
+      .def(
+          "shared",
+          [](Producer& p) {
+            // A view of the shared words; the caller keeps the Producer alive while it uses it.
+            return py::memoryview::from_buffer(p.shared(), {p.shared_size()}, {int64_t(sizeof(int64_t))});
+          },
+          "memoryview (int64) of the shared words: per slot the batch it holds, then released, claim, polling.")
       .def("stop", &Producer::stop, py::call_guard<py::gil_scoped_release>())
       .def("join", &Producer::join, py::call_guard<py::gil_scoped_release>())
       .def("ready", &Producer::ready)

@@ -17,7 +17,9 @@ std::set<Producer*> g_live;
 }  // namespace
 
 Producer::Producer(ProducerSpec spec, std::vector<std::vector<uintptr_t>> outs)
-    : spec_(std::move(spec)), ctx_(spec_.plans), outs_(std::move(outs)), claim_(spec_.first), released_(spec_.first) {
+    : spec_(std::move(spec)), ctx_(spec_.plans), outs_(std::move(outs)), claim_(spec_.first) {
+  static_assert(sizeof(std::atomic<int64_t>) == sizeof(int64_t) && std::atomic<int64_t>::is_always_lock_free,
+                "the consumer reads the shared words as plain int64");
   const size_t per_slot = spec_.windows ? 2 : spec_.plans.size();
   if (spec_.slots < 1 || int(outs_.size()) != spec_.slots) throw std::invalid_argument("Producer: need one outs list per slot");
   for (const auto& o : outs_)
@@ -27,6 +29,11 @@ Producer::Producer(ProducerSpec spec, std::vector<std::vector<uintptr_t>> outs)
   if (spec_.rank_samples > 0 && uint64_t((spec_.rank_samples - 1) * spec_.world + spec_.rank) >= spec_.n)
     throw std::invalid_argument("Producer: rank_samples exceeds the data");
   slot_batch_.assign(size_t(spec_.slots), -1);
+  shared_.reset(new std::atomic<int64_t>[size_t(shared_size())]);
+  for (int64_t i = 0; i < spec_.slots; ++i) shared_[i].store(-1);
+  shared_[kReleased()].store(spec_.first);
+  shared_[kReleased() + 1].store(spec_.first);
+  shared_[kReleased() + 2].store(0);
   slot_error_.assign(size_t(spec_.slots), nullptr);
   {
     std::lock_guard<std::mutex> g(g_live_mu);
@@ -78,15 +85,18 @@ void Producer::run() {
   FillScratch scratch(ctx_);
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
-    auto can_claim = [&] { return stop_ || claim_ >= spec_.end || claim_ < released_ + spec_.slots; };
+    auto can_claim = [&] {
+      return stop_ || claim_ >= spec_.end || claim_ < shared_[kReleased()].load(std::memory_order_acquire) + spec_.slots;
+    };
     if (!can_claim()) {
       if (--busy_ == 0) idle_cv_.notify_all();
-      // Poll for a free slot (0.5 ms, doubling up to 4 ms) rather than being woken by every
-      // release(): on a busy 2-core box a woken thread preempted the consumer inside next()
-      // (~30 us a batch, measured), while `ahead` ready batches cover the polling delay. A
-      // consumer that runs low (see release) or has to wait wakes the threads at once.
+      // Poll for a free slot (0.5 ms, doubling up to 4 ms): the consumer publishes releases through
+      // the shared words without a call, and waking a thread on every release preempted the
+      // consumer inside next() on a busy 2-core box (~30 us a batch, measured).
+      shared_[kReleased() + 2].fetch_add(1);
       auto poll = std::chrono::microseconds(500);
       while (!work_cv_.wait_for(lk, poll, can_claim)) poll = std::min(2 * poll, std::chrono::microseconds(4000));
+      shared_[kReleased() + 2].fetch_sub(1);
       ++busy_;
     }
     if (stop_ || claim_ >= spec_.end) {
@@ -94,6 +104,7 @@ void Producer::run() {
       break;
     }
     const int64_t b = claim_++;
+    shared_[kReleased() + 1].store(claim_);
     const int slot = int(b % spec_.slots);
     lk.unlock();
     std::exception_ptr err;
@@ -105,6 +116,7 @@ void Producer::run() {
     lk.lock();
     slot_batch_[size_t(slot)] = b;
     slot_error_[size_t(slot)] = err;
+    if (!err) shared_[slot].store(b, std::memory_order_release);  // after the batch's bytes
     if (consumer_waiting_) ready_cv_.notify_all();
   }
   --busy_;
@@ -139,20 +151,21 @@ int Producer::wait(int64_t b, int timeout_ms) {
 void Producer::release(int64_t b, const std::vector<uintptr_t>& new_outs) {
   {
     std::lock_guard<std::mutex> g(mu_);
-    if (b != released_) throw std::logic_error("Producer.release: batches must be released in order");
+    if (b != shared_[kReleased()].load()) throw std::logic_error("Producer.release: batches must be released in order");
     const size_t s = size_t(b % spec_.slots);
     if (!new_outs.empty()) {
       if (new_outs.size() != outs_[s].size()) throw std::invalid_argument("Producer.release: wrong number of outputs");
       outs_[s] = new_outs;
     }
-    slot_batch_[s] = -1;
-    slot_error_[s] = nullptr;
-    ++released_;
-    // Batches claimed and not yet given back: while more than the threads can refill in parallel
-    // are in flight, the polling threads will find the slot soon enough (see run()).
-    if (claim_ - released_ > spec_.threads) return;
+    shared_[kReleased()].store(b + 1, std::memory_order_release);
+    // While more batches are in flight than the threads refill in parallel, the polling threads
+    // find the slot soon enough (see run()).
+    if (claim_ - (b + 1) > spec_.threads) return;
   }
   work_cv_.notify_one();
+}
+
+void Producer::kick() { work_cv_.notify_all();
 }
 
 void Producer::stop() {

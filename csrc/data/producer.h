@@ -7,8 +7,17 @@
 // says which slots are free. Ready batches are the ones the consumer has not taken yet; with
 // slots = ahead + 1, `ahead` batches wait ready while the consumer holds the one it was given last.
 // A batch is a pure function of (spec, b): the thread that fills it does not matter.
+//
+// Shared words. The consumer's steady state makes no call into this class: it reads "is batch b
+// in slot s" and writes "batches < b are released" through a memoryview over `shared()` (aligned
+// int64 words, atomic on x86-64 and AArch64), because on a busy box even one cold pybind11 call
+// per batch showed up as data wait. Threads that find no free slot poll `released` (0.5 ms,
+// doubling up to 4 ms) while `ahead` ready batches cover the delay; the consumer wakes them
+// (kick / wait) only when it runs low.
 #pragma once
+#include <atomic>
 #include <condition_variable>
+#include <memory>
 #include <cstdint>
 #include <exception>
 #include <mutex>
@@ -52,6 +61,13 @@ class Producer {
   // Gives batch b's slot back (b must be the oldest batch not yet released); new_outs, if not empty,
   // replaces the slot's buffers (the consumer still holds the old ones).
   void release(int64_t b, const std::vector<uintptr_t>& new_outs);
+  void kick();  // wakes threads polling for a slot
+  // Shared words: [0, slots) the batch each slot holds once filled without error (else an older
+  // batch or -1); kReleased: batches below it are released (the consumer writes it); kClaim: the
+  // next batch a thread will claim; kPolling: threads polling for a free slot.
+  int64_t* shared() { return reinterpret_cast<int64_t*>(shared_.get()); }
+  int64_t shared_size() const { return spec_.slots + 3; }
+  int64_t kReleased() const { return spec_.slots; }
   void stop();  // threads finish the batch they are filling, then exit; wait() returns -1
   void join();
   // Introspection: batches filled and not yet released, and whether every thread is idle (waiting
@@ -73,8 +89,9 @@ class Producer {
   std::vector<std::vector<uintptr_t>> outs_;
   mutable std::mutex mu_;
   std::condition_variable work_cv_, ready_cv_, idle_cv_;
-  int64_t claim_, released_;
-  std::vector<int64_t> slot_batch_;  // the batch a slot holds once filled, else -1
+  int64_t claim_;
+  std::unique_ptr<std::atomic<int64_t>[]> shared_;
+  std::vector<int64_t> slot_batch_;  // the batch a slot holds once filled (with or without error), else -1
   std::vector<std::exception_ptr> slot_error_;
   bool stop_ = false, consumer_waiting_ = false;
   int busy_ = 0, running_ = 0;

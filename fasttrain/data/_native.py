@@ -82,6 +82,7 @@ class _Run:
 
     def __init__(self, producer, slots):
         self.producer, self.slots, self.closed = producer, slots, False
+        self.shared = producer.shared().cast("B").cast("q")  # see csrc/data/producer.h
 
     def close(self) -> None:
         if self.closed:
@@ -103,7 +104,7 @@ class NativeIter:
         self._released = start  # the oldest batch whose slot the producer does not have back yet
         self._make, self._finish = make, finish
         self._suc = loader_mod._STORAGE_USE_COUNT
-        workers = loader._threads()
+        self._workers = workers = loader._threads()
         self._n_slots = S = loader.prefetch + workers + 1
         slots = [self._new_slot() for _ in range(S)]
         spec.first, spec.end, spec.slots, spec.threads = start, self.end, S, workers
@@ -134,26 +135,29 @@ class NativeIter:
         run = self.run
         if b >= self.end or run.closed:
             raise StopIteration
-        release = False
+        S, words = self._n_slots, run.shared
         if self._released < b:  # give the previous batch's slot back
             self._released = b
-            s = (b - 1) % self._n_slots
+            s = (b - 1) % S
             slot = run.slots[s]
             if slot.free():
-                release = True  # done by wait(), one call fewer
+                words[S] = b  # published: the polling threads may refill it
             else:  # the user still holds that batch: the slot gets fresh buffers
                 slot.leave()
                 run.slots[s] = new = self._new_slot()
                 run.producer.release(b - 1, [t.data_ptr() for t in new.bufs.tensors])
-        try:
-            ready = run.producer.wait(b, release)  # GIL released while waiting
-        except KeyboardInterrupt:
-            raise  # the pass goes on: next() may be called again
-        except BaseException:
-            run.close()
-            raise
-        if not ready:  # stopped by loader.close() (or a new iter()) meanwhile
-            raise StopIteration
+        if words[b % S] != b:  # not ready: wait natively (GIL released), or get its error
+            try:
+                ready = run.producer.wait(b)
+            except KeyboardInterrupt:
+                raise  # the pass goes on: next() may be called again
+            except BaseException:
+                run.close()
+                raise
+            if not ready:  # stopped by loader.close() (or a new iter()) meanwhile
+                raise StopIteration
+        elif words[S + 2] and words[S + 1] - b <= self._workers:
+            run.producer.kick()  # running low while threads poll for a slot: wake them now
         self.next_b = b + 1
         loader = self.loader
         # Epochs advance by themselves, as the next iter() expects (self.end is len(loader)).

@@ -216,6 +216,9 @@ class _Iter:
 
 
 class _BaseLoader:
+    # False forces the Python worker-thread pipeline (benchmarks and tests compare the two).
+    _native = True
+
     def __init__(self, batch_size, shuffle, seed, drop_last, num_threads, prefetch, pin_memory, device, rank, world_size):
         name = type(self).__name__
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
@@ -295,7 +298,7 @@ class _BaseLoader:
         self.close()
         if self._batch >= len(self) > 0:
             self._epoch, self._batch = self._epoch + 1, 0
-        spec = self._native_spec(self._epoch)
+        spec = self._native_spec(self._epoch) if self._native else None
         if spec is not None:
             it = NativeIter(self, self._epoch, self._batch, spec, self._make_buffers, self._finish_native)
             self._running = it.run  # not the iterator itself: dropping it stops the producer
