@@ -145,6 +145,7 @@ void bind_data(py::module_ m) {
       .def("ready", &Producer::ready)
       .def("wait_idle", &Producer::wait_idle, py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>())
       .def("wait_exit", &Producer::wait_exit, py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>())
+      .def("wait_consumer", &Producer::wait_consumer, py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>())
       .def("running", &Producer::running)
       .def("rows", &Producer::rows, py::arg("b"));
   m.def("stop_all_producers", &Producer::stop_all, py::call_guard<py::gil_scoped_release>(),

@@ -132,6 +132,7 @@ int Producer::wait(int64_t b, int timeout_ms) {
   if (!done()) {
     work_cv_.notify_all();  // threads polling for a slot: this consumer waits anyway
     consumer_waiting_ = true;
+    idle_cv_.notify_all();  // wait_consumer()
     ready_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), done);
     consumer_waiting_ = false;
   }
@@ -200,6 +201,11 @@ bool Producer::wait_idle(int timeout_ms) {
 bool Producer::wait_exit(int timeout_ms) {
   std::unique_lock<std::mutex> lk(mu_);
   return idle_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return running_ == 0; });
+}
+
+bool Producer::wait_consumer(int timeout_ms) {
+  std::unique_lock<std::mutex> lk(mu_);
+  return idle_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return consumer_waiting_; });
 }
 
 int Producer::running() const {

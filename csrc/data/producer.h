@@ -74,7 +74,8 @@ class Producer {
   // for a free slot, or done) within timeout_ms.
   std::vector<int64_t> ready() const;
   bool wait_idle(int timeout_ms);
-  bool wait_exit(int timeout_ms);  // every thread has returned (end of the pass, or stopped)
+  bool wait_exit(int timeout_ms);
+  bool wait_consumer(int timeout_ms);  // the consumer is blocked in wait() (tests interrupt it there)  // every thread has returned (end of the pass, or stopped)
   int running() const;
   int64_t rows(int64_t b) const;
 

@@ -137,7 +137,6 @@ class NativeIter:
             raise StopIteration
         S, words = self._n_slots, run.shared
         if self._released < b:  # give the previous batch's slot back
-            self._released = b
             s = (b - 1) % S
             slot = run.slots[s]
             if slot.free():
@@ -146,6 +145,7 @@ class NativeIter:
                 slot.leave()
                 run.slots[s] = new = self._new_slot()
                 run.producer.release(b - 1, [t.data_ptr() for t in new.bufs.tensors])
+            self._released = b  # after the release: a KeyboardInterrupt before it only repeats the check
         if words[b % S] != b:  # not ready: wait natively (GIL released), or get its error
             try:
                 ready = run.producer.wait(b)
