@@ -23,8 +23,10 @@ device) run on the consumer thread.
 
 Buffer contract. Batches are views of a small pool of preallocated buffers, and a buffer is refilled
 only when nothing outside the loader references its memory any more (checked through the storage's
-use count: the yielded tensor, any view of it, or autograd's saved copy keeps it alive). So a batch
-stays valid as long as you hold it; holding many batches just makes the loader allocate new buffers.
+use count: the yielded tensor, any view of it, or autograd's saved copy keeps it alive; the native
+ring also checks the Python and TensorImpl references of the tensors it hands out, which it makes
+once per slot). So a batch stays valid as long as you hold it; holding many batches just makes the
+loader allocate new buffers.
 """
 
 from __future__ import annotations
@@ -382,7 +384,9 @@ class Loader(_BaseLoader):
     transforms: {field name or tuple position: op or list of ops}: fused ops first (Normalize,
         RandomCrop, RandomHorizontalFlip, Widen), then @batch_transform functions, then Python
         callables. For a Dataset: one callable on each collated batch (consumer thread).
-    num_threads: worker threads, each filling whole batches natively (default fasttrain._ext.num_threads()).
+    num_threads: threads each filling whole batches (default fasttrain._ext.num_threads()): C++ threads
+        that never take the GIL for arrays and record files; Python threads (the fused pass still
+        native, GIL released) for a torch Dataset or fields with a numba batch_transform.
     prefetch: finished batches kept ready ahead of the consumer (each worker also fills one more).
     pin_memory: default True when device is CUDA. device: where batches go.
     rank, world_size: default from torch.distributed when initialised, else 0 and 1.
