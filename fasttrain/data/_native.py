@@ -36,34 +36,50 @@ _TENSOR_USE_COUNT = getattr(torch.Tensor, "_use_count", None)  # private torch A
 
 
 class _Slot:
-    """One ring slot: pool buffers plus the aliases handed out for every full batch in it.
+    """One ring slot: pool buffers plus the batch handed out for every full batch in it.
 
-    The aliases are made once. A batch is still held when an alias has more Python references than
-    the ring's own (the user's variables, a dict or list), more TensorImpl references (autograd
-    saved it for backward), or the storage more users (a view or slice of the batch). Without
-    torch's use-count APIs a fresh alias is made per batch and slots are never reused (always safe)."""
+    The aliases of the buffers, and the batch holding them (`batch`: a dict, or a list handed out
+    as a tuple), are made once; next() hands out a shallow copy of `batch`. A batch is still held
+    when an alias has more Python references than the ring's own (the user's variables, a dict or
+    list), more TensorImpl references (autograd saved it for backward), or its storage more users
+    (a view, slice or detach of the batch). Without torch's use-count APIs a fresh alias is made
+    per batch and slots are never reused (always safe)."""
 
-    __slots__ = ("bufs", "pairs", "idle")
+    __slots__ = ("bufs", "checks", "storages", "batch")
 
-    def __init__(self, bufs, storage_use_count):
-        self.bufs = bufs
+    def __init__(self, bufs, storage_use_count, wrap):
+        self.bufs, self.checks, self.storages, self.batch = bufs, None, None, None
         if _TENSOR_USE_COUNT is None or storage_use_count is None:
-            self.pairs = None
             return
-        self.pairs = [(t.detach(), t.untyped_storage(), storage_use_count) for t in bufs.tensors]
-        self.idle = self._counts()
+        aliases = [t.detach() for t in bufs.tensors]
+        self.storages = [t.untyped_storage() for t in bufs.tensors]  # keeps each _cdata address valid
+        if wrap is not None:
+            self.batch = wrap(aliases)
+        self.checks = [(a, st._cdata, storage_use_count, 0, 0, 0) for a, st in zip(aliases, self.storages)]
+        del aliases
+        self.checks = self._idle()
 
-    def _counts(self) -> list:
-        return [(getrefcount(a), a._use_count(), suc(st._cdata)) for a, st, suc in self.pairs]
+    def _idle(self) -> list:
+        # Counted as free() counts them (no extra reference on the value stack while getrefcount
+        # runs, as a tuple display `(a, ..., getrefcount(a))` would hold), so the baselines compare equal.
+        out = []
+        for a, cd, suc, _, _, _ in self.checks:
+            rc, uc, sc = getrefcount(a), a._use_count(), suc(cd)
+            out.append((a, cd, suc, rc, uc, sc))
+        return out
 
     def aliases(self) -> list:
-        if self.pairs is None:
+        if self.checks is None:
             return [t.detach() for t in self.bufs.tensors]
-        return [a for a, _, _ in self.pairs]
+        return [c[0] for c in self.checks]
 
     def free(self) -> bool:
-        if self.pairs is None or self._counts() != self.idle:
+        checks = self.checks
+        if checks is None:
             return False
+        for a, cd, suc, rc, uc, sc in checks:
+            if getrefcount(a) != rc or a._use_count() != uc or suc(cd) != sc:
+                return False
         ev = self.bufs.event
         if ev is not None:  # pinned slot: its last copy to the GPU must be done
             if not ev.query():
@@ -73,7 +89,7 @@ class _Slot:
 
     def leave(self) -> None:
         """Back to the loader's pool; the pool reuses the buffers once nothing references them."""
-        self.pairs = None
+        self.checks = self.storages = self.batch = None
         self.bufs.busy = False
 
 
@@ -97,12 +113,14 @@ class _Run:
 class NativeIter:
     """One pass over the rest of an epoch, filled by a native Producer."""
 
-    def __init__(self, loader, epoch: int, start: int, spec, make, finish):
+    def __init__(self, loader, epoch: int, start: int, spec, make, finish, wrap=None):
         from fasttrain.data import loader as loader_mod  # its _STORAGE_USE_COUNT may be patched (tests)
 
         self.loader, self.epoch, self.next_b, self.end = loader, epoch, start, len(loader)
         self._released = start  # the oldest batch whose slot the producer does not have back yet
-        self._make, self._finish = make, finish
+        # wrap(aliases) -> the batch as handed out (dict, or list made a tuple) when the user gets
+        # the slot's tensors themselves (no Python callables, no device copy); else finish().
+        self._make, self._finish, self._wrap = make, finish, wrap
         self._suc = loader_mod._STORAGE_USE_COUNT
         self._workers = workers = loader._threads()
         self._n_slots = S = loader.prefetch + workers + 1
@@ -112,13 +130,14 @@ class NativeIter:
         if fault is not None:
             spec.fault_batch, spec.fault_kind = fault
         self._B, self._rank_samples = loader.batch_size, loader._rank_samples()
+        self._full_end = self._rank_samples // self._B  # batches below it are full
         producer = _C.data.Producer(spec, [[t.data_ptr() for t in s.bufs.tensors] for s in slots])
         self.run = _Run(producer, slots)
         self.threads = [_ThreadHandle(producer) for _ in range(min(workers, max(self.end - start, 0)))]
 
     def _new_slot(self) -> _Slot:
         bufs = self.loader._acquire(self._make)  # marked busy: owned by this ring until it leaves
-        return _Slot(bufs, self._suc)
+        return _Slot(bufs, self._suc, self._wrap)
 
     def __iter__(self):
         return self
@@ -162,6 +181,9 @@ class NativeIter:
         loader = self.loader
         # Epochs advance by themselves, as the next iter() expects (self.end is len(loader)).
         loader._epoch, loader._batch = (self.epoch + 1, 0) if b + 1 >= self.end else (self.epoch, b + 1)
+        batch = run.slots[b % S].batch
+        if batch is not None and b < self._full_end:
+            return batch.copy() if type(batch) is dict else tuple(batch)
         return self._finish(*self._views(b))
 
     def close(self) -> None:

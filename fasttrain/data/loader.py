@@ -302,12 +302,16 @@ class _BaseLoader:
             self._epoch, self._batch = self._epoch + 1, 0
         spec = self._native_spec(self._epoch) if self._native else None
         if spec is not None:
-            it = NativeIter(self, self._epoch, self._batch, spec, self._make_buffers, self._finish_native)
+            it = NativeIter(self, self._epoch, self._batch, spec, self._make_buffers, self._finish_native, self._native_wrap())
             self._running = it.run  # not the iterator itself: dropping it stops the producer
             return it
         it = _Iter(self, self._epoch, self._batch)
         self._running = (it.sh, it.threads)  # not the iterator itself: dropping it stops the workers
         return it
+
+    def _native_wrap(self):
+        """aliases -> the batch container (dict, or list for a tuple) when no Python work follows, else None."""
+        return None
 
     def _native_spec(self, epoch: int):
         """A ProducerSpec with the order filled in, or None where this loader needs Python worker threads."""
@@ -513,6 +517,11 @@ class Loader(_BaseLoader):
     def _make_buffers(self) -> list[torch.Tensor]:
         return [self._empty((self.batch_size, *shape), dtype) for shape, dtype in self._shapes]
 
+    def _native_wrap(self):
+        if not self._worker_finishes:
+            return None
+        return list if self._as_tuple else (lambda views: dict(zip(self._arrays, views)))
+
     def _finish_native(self, bufs: _Buffers, views: list):
         if self._worker_finishes:
             return tuple(views) if self._as_tuple else dict(zip(self._arrays, views))
@@ -575,6 +584,9 @@ class TokenLoader(_BaseLoader):
 
     def _make_buffers(self) -> list[torch.Tensor]:
         return [self._empty((self.batch_size, self.block_size), torch.int64) for _ in range(2)]
+
+    def _native_wrap(self):
+        return list if self.device is None or self.device.type == "cpu" else None
 
     def _finish_native(self, bufs: _Buffers, views: list):
         return tuple(self._to_device(bufs, views))
