@@ -344,15 +344,16 @@ class _BaseLoader:
         """A free buffer set, marked busy until _release (after the batch views exist)."""
         with self._pool_lock:
             for b in self._pool:
-                if not b.busy and b.free():
+                # A pinned buffer whose last async copy to the GPU is still running is skipped, not
+                # waited for: the native ring calls this on the consumer thread. A fresh pinned
+                # allocation instead comes from torch's caching host allocator.
+                if not b.busy and b.free() and (b.event is None or b.event.query()):
                     b.busy = True
+                    b.event = None
                     break
             else:
                 b = None
         if b is not None:
-            if b.event is not None:
-                b.event.synchronize()  # the last async copy out of this pinned buffer must be done
-                b.event = None
             return b
         b = _Buffers(make())
         b.busy = True
