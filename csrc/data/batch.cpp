@@ -100,15 +100,10 @@ void widen(int src_code, int dst_code, const void* src, void* dst, int64_t n) {
   }
 }
 
-// Per-thread scratch for one image: a source row with crop/pad/flip applied, and an fp32 row for
-// the channels-first scatter.
-struct Scratch {
-  std::vector<uint8_t> row;
-  std::vector<float> frow;
-};
-
+// `row`: scratch for one source row with crop/pad/flip applied; `frow`: an fp32 row for the
+// channels-first scatter.
 void image(const FieldPlan& p, const DataKernels& k, const float* mean_pat, const float* std_pat, const uint8_t* src,
-           char* out, const Augment& a, Scratch& s) {
+           char* out, const Augment& a, std::vector<uint8_t>& srow_buf, std::vector<float>& frow) {
   const DType dt = DType(p.out_dtype);
   const int64_t es = elem_size(dt), C = p.C, rowlen = p.out_w * C;
   const bool plain = !p.random_crop && !a.flip && p.pad == 0 && p.out_h == p.H && p.out_w == p.W;
@@ -120,27 +115,27 @@ void image(const FieldPlan& p, const DataKernels& k, const float* mean_pat, cons
     const int64_t sy = a.oy + y - p.pad;
     const uint8_t* row;
     if (sy < 0 || sy >= p.H) {  // padding rows are zeros, normalized like any pixel
-      std::fill(s.row.begin(), s.row.begin() + rowlen, uint8_t(0));
-      row = s.row.data();
+      std::fill(srow_buf.begin(), srow_buf.begin() + rowlen, uint8_t(0));
+      row = srow_buf.data();
     } else if (!a.flip && a.ox - p.pad >= 0 && a.ox - p.pad + p.out_w <= p.W) {
       row = src + (sy * p.W + a.ox - p.pad) * C;  // in bounds, not flipped: read in place
     } else {
       const uint8_t* srow = src + sy * p.W * C;
       for (int64_t x = 0; x < p.out_w; ++x) {
         const int64_t sx = a.ox + (a.flip ? p.out_w - 1 - x : x) - p.pad;
-        if (sx < 0 || sx >= p.W) std::memset(&s.row[x * C], 0, size_t(C));
-        else std::memcpy(&s.row[x * C], srow + sx * C, size_t(C));
+        if (sx < 0 || sx >= p.W) std::memset(&srow_buf[x * C], 0, size_t(C));
+        else std::memcpy(&srow_buf[x * C], srow + sx * C, size_t(C));
       }
-      row = s.row.data();
+      row = srow_buf.data();
     }
     if (!p.chw) {
       k.u8_normalize(row, rowlen, mean_pat, std_pat, out + y * rowlen * es, dt);
     } else {
       // Normalize in fp32, then scatter channels; store_f32 rounds exactly as the kernels do.
-      k.u8_normalize(row, rowlen, mean_pat, std_pat, s.frow.data(), DType::f32);
+      k.u8_normalize(row, rowlen, mean_pat, std_pat, frow.data(), DType::f32);
       const int64_t plane = p.out_h * p.out_w;
       for (int64_t x = 0; x < p.out_w; ++x)
-        for (int64_t c = 0; c < C; ++c) store_f32(out, c * plane + y * p.out_w + x, dt, s.frow[x * C + c]);
+        for (int64_t c = 0; c < C; ++c) store_f32(out, c * plane + y * p.out_w + x, dt, frow[x * C + c]);
     }
   }
 }
@@ -149,15 +144,13 @@ void image(const FieldPlan& p, const DataKernels& k, const float* mean_pat, cons
 
 const DataKernels& kernels() { return kernels_for(current_isa()); }
 
-void fill_batch(const std::vector<FieldPlan>& plans, const std::vector<uintptr_t>& outs, const int64_t* idx,
-                int64_t n, uint64_t seed, uint64_t epoch, int threads) {
-  const DataKernels& k = kernels();
+FillContext::FillContext(std::vector<FieldPlan> plans_)
+    : plans(std::move(plans_)), mean_pat(plans.size()), std_pat(plans.size()), k(&kernels()) {
   // mean/std repeated along the longest stream an image kernel call sees (a whole image or a row).
-  std::vector<std::vector<float>> mean_pat(plans.size()), std_pat(plans.size());
   for (size_t f = 0; f < plans.size(); ++f) {
     const FieldPlan& p = plans[f];
     if (p.kind != 2) continue;
-    const int64_t len = p.H * p.W * p.C;
+    const int64_t len = std::max(p.H * p.W, p.out_w) * p.C;  // a padded crop row can be wider than the image
     mean_pat[f].resize(size_t(len));
     std_pat[f].resize(size_t(len));
     for (int64_t i = 0; i < len; ++i) {
@@ -165,43 +158,75 @@ void fill_batch(const std::vector<FieldPlan>& plans, const std::vector<uintptr_t
       std_pat[f][i] = p.std[i % p.C];
     }
   }
+}
+
+FillScratch::FillScratch(const FillContext& ctx) : row(ctx.plans.size()), frow(ctx.plans.size()) {
+  for (size_t f = 0; f < ctx.plans.size(); ++f)
+    if (ctx.plans[f].kind == 2) {
+      row[f].resize(size_t(ctx.plans[f].out_w * ctx.plans[f].C));
+      frow[f].resize(size_t(ctx.plans[f].out_w * ctx.plans[f].C));
+    }
+}
+
+void fill_rows(const FillContext& ctx, const uintptr_t* outs, const int64_t* idx, int64_t begin, int64_t end,
+               uint64_t seed, uint64_t epoch, FillScratch& scratch) {
+  const std::vector<FieldPlan>& plans = ctx.plans;
+  for (int64_t i = begin; i < end; ++i) {
+    for (size_t f = 0; f < plans.size(); ++f) {
+      const FieldPlan& p = plans[f];
+      const uint8_t* src = reinterpret_cast<const uint8_t*>(p.base) + idx[i] * p.row_stride;
+      char* out = reinterpret_cast<char*>(outs[f]) + i * p.out_row_bytes;
+      if (p.kind == 0) std::memcpy(out, src, size_t(p.row_bytes));
+      else if (p.kind == 1) widen(p.src_code, p.dst_code, src, out, p.count);
+      else
+        image(p, *ctx.k, ctx.mean_pat[f].data(), ctx.std_pat[f].data(), src, out, draw_augment(p, seed, epoch, idx[i]),
+              scratch.row[f], scratch.frow[f]);
+    }
+  }
+}
+
+void fill_batch(const std::vector<FieldPlan>& plans, const std::vector<uintptr_t>& outs, const int64_t* idx,
+                int64_t n, uint64_t seed, uint64_t epoch, int threads) {
+  const FillContext ctx(plans);
   // Samples are independent (their random draws are keyed by sample index), so any split over
   // threads gives the same bytes.
 #pragma omp parallel num_threads(std::max(1, std::min<int>(threads, int(std::max<int64_t>(n, 1)))))
   {
-    std::vector<Scratch> scratch(plans.size());
-    for (size_t f = 0; f < plans.size(); ++f)
-      if (plans[f].kind == 2) {
-        scratch[f].row.resize(size_t(plans[f].out_w * plans[f].C));
-        scratch[f].frow.resize(size_t(plans[f].out_w * plans[f].C));
-      }
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      for (size_t f = 0; f < plans.size(); ++f) {
-        const FieldPlan& p = plans[f];
-        const uint8_t* src = reinterpret_cast<const uint8_t*>(p.base) + idx[i] * p.row_stride;
-        char* out = reinterpret_cast<char*>(outs[f]) + i * p.out_row_bytes;
-        if (p.kind == 0) std::memcpy(out, src, size_t(p.row_bytes));
-        else if (p.kind == 1) widen(p.src_code, p.dst_code, src, out, p.count);
-        else image(p, k, mean_pat[f].data(), std_pat[f].data(), src, out, draw_augment(p, seed, epoch, idx[i]), scratch[f]);
-      }
-    }
+    FillScratch scratch(ctx);
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    // The static split of `omp for schedule(static)`, written out so fill_rows runs on ranges.
+    const int64_t chunk = n / nt, extra = n % nt;
+    const int64_t begin = t * chunk + std::min<int64_t>(t, extra);
+    fill_rows(ctx, outs.data(), idx, begin, begin + chunk + (t < extra ? 1 : 0), seed, epoch, scratch);
+  }
+}
+
+namespace {
+int64_t token_bytes(int src_code) {
+  switch (IntCode(src_code)) {
+    case IntCode::u8: case IntCode::i8: return 1;
+    case IntCode::u16: case IntCode::i16: return 2;
+    case IntCode::i64: return 8;
+    default: return 4;
+  }
+}
+}  // namespace
+
+void window_rows(uintptr_t tokens, int src_code, const int64_t* starts, int64_t begin, int64_t end, int64_t block,
+                 int64_t* x, int64_t* y) {
+  const int64_t es = token_bytes(src_code);
+  const char* base = reinterpret_cast<const char*>(tokens);
+  for (int64_t i = begin; i < end; ++i) {
+    const char* s = base + starts[i] * es;
+    widen(src_code, int(WideCode::i64), s, x + i * block, block);
+    widen(src_code, int(WideCode::i64), s + es, y + i * block, block);
   }
 }
 
 void gather_windows(uintptr_t tokens, int src_code, const int64_t* starts, int64_t n, int64_t block, int64_t* x,
                     int64_t* y, int threads) {
-  const int64_t es = src_code == int(IntCode::u16) || src_code == int(IntCode::i16) ? 2
-                     : src_code == int(IntCode::i64)                                 ? 8
-                     : src_code == int(IntCode::u8) || src_code == int(IntCode::i8)  ? 1
-                                                                                       : 4;
-  const char* base = reinterpret_cast<const char*>(tokens);
 #pragma omp parallel for num_threads(std::max(1, threads)) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const char* s = base + starts[i] * es;
-    widen(src_code, int(WideCode::i64), s, x + i * block, block);
-    widen(src_code, int(WideCode::i64), s + es, y + i * block, block);
-  }
+  for (int64_t i = 0; i < n; ++i) window_rows(tokens, src_code, starts, i, i + 1, block, x, y);
 }
 
 }  // namespace ft::data

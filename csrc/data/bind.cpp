@@ -9,6 +9,7 @@
 #include "../bindings.h"
 #include "../dispatch.h"
 #include "data.h"
+#include "producer.h"
 
 namespace py = pybind11;
 
@@ -84,6 +85,71 @@ void bind_data(py::module_ m) {
       },
       py::arg("tokens"), py::arg("src_code"), py::arg("starts"), py::arg("n"), py::arg("block"), py::arg("x"),
       py::arg("y"), py::arg("threads"));
+
+  using data::Producer;
+  using data::ProducerSpec;
+  py::class_<ProducerSpec>(m, "ProducerSpec")
+      .def(py::init<>())
+      .def_readwrite("n", &ProducerSpec::n)
+      .def_readwrite("seed", &ProducerSpec::seed)
+      .def_readwrite("epoch", &ProducerSpec::epoch)
+      .def_readwrite("shuffle", &ProducerSpec::shuffle)
+      .def_readwrite("rank", &ProducerSpec::rank)
+      .def_readwrite("world", &ProducerSpec::world)
+      .def_readwrite("batch_size", &ProducerSpec::batch_size)
+      .def_readwrite("rank_samples", &ProducerSpec::rank_samples)
+      .def_readwrite("first", &ProducerSpec::first)
+      .def_readwrite("end", &ProducerSpec::end)
+      .def_readwrite("plans", &ProducerSpec::plans)
+      .def_readwrite("windows", &ProducerSpec::windows)
+      .def_readwrite("tokens", &ProducerSpec::tokens)
+      .def_readwrite("token_code", &ProducerSpec::token_code)
+      .def_readwrite("block", &ProducerSpec::block)
+      .def_readwrite("phase", &ProducerSpec::phase)
+      .def_readwrite("threads", &ProducerSpec::threads)
+      .def_readwrite("slots", &ProducerSpec::slots)
+      .def_readwrite("fault_batch", &ProducerSpec::fault_batch)
+      .def_readwrite("fault_kind", &ProducerSpec::fault_kind);
+
+  // The consumer waits in slices with the GIL released and checks for signals between them, so
+  // Ctrl-C interrupts a loop blocked on data (KeyboardInterrupt) instead of hanging it.
+  constexpr int kSliceMs = 50;
+  py::class_<Producer>(m, "Producer")
+      .def(py::init<ProducerSpec, std::vector<std::vector<uintptr_t>>>(), py::arg("spec"), py::arg("outs"))
+      .def(
+          "wait",
+          [](Producer& p, int64_t b) {
+            for (;;) {
+              int r;
+              {
+                py::gil_scoped_release nogil;
+                r = p.wait(b, kSliceMs);
+              }
+              if (r != 0) return r > 0;
+              if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+            }
+          },
+          py::arg("b"),
+          "True once batch b is ready, False if stopped; raises the error that filling it raised.")
+      .def("release", &Producer::release, py::arg("b"), py::arg("new_outs"))
+      .def("kick", &Producer::kick)
+      .def(
+          "shared",
+          [](Producer& p) {
+            // A view of the shared words; the caller keeps the Producer alive while it uses it.
+            return py::memoryview::from_buffer(p.shared(), {p.shared_size()}, {int64_t(sizeof(int64_t))});
+          },
+          "memoryview (int64) of the shared words: per slot the batch it holds, then released, claim, polling.")
+      .def("stop", &Producer::stop, py::call_guard<py::gil_scoped_release>())
+      .def("join", &Producer::join, py::call_guard<py::gil_scoped_release>())
+      .def("ready", &Producer::ready)
+      .def("wait_idle", &Producer::wait_idle, py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>())
+      .def("wait_exit", &Producer::wait_exit, py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>())
+      .def("wait_consumer", &Producer::wait_consumer, py::arg("timeout_ms"), py::call_guard<py::gil_scoped_release>())
+      .def("running", &Producer::running)
+      .def("rows", &Producer::rows, py::arg("b"));
+  m.def("stop_all_producers", &Producer::stop_all, py::call_guard<py::gil_scoped_release>(),
+        "Stops and joins every live loader producer (registered with atexit by fasttrain.data).");
 }
 
 }  // namespace ft

@@ -98,4 +98,25 @@ namespace avx512 { const DataKernels& table(); }
 #endif
 const DataKernels& kernels();
 
+
+// The serial core of fill_batch, for callers that bring their own threads (the Producer): the
+// per-field constants computed once, and per-thread scratch rows.
+struct FillContext {
+  explicit FillContext(std::vector<FieldPlan> plans);
+  std::vector<FieldPlan> plans;
+  std::vector<std::vector<float>> mean_pat, std_pat;  // mean/std repeated along a whole image
+  const DataKernels* k;
+};
+struct FillScratch {
+  explicit FillScratch(const FillContext& ctx);
+  std::vector<std::vector<uint8_t>> row;
+  std::vector<std::vector<float>> frow;
+};
+// Rows [begin, end) of fill_batch on the calling thread.
+void fill_rows(const FillContext& ctx, const uintptr_t* outs, const int64_t* idx, int64_t begin, int64_t end,
+               uint64_t seed, uint64_t epoch, FillScratch& scratch);
+// Rows [begin, end) of gather_windows on the calling thread.
+void window_rows(uintptr_t tokens, int src_code, const int64_t* starts, int64_t begin, int64_t end, int64_t block,
+                 int64_t* x, int64_t* y);
+
 }  // namespace ft::data

@@ -7,17 +7,26 @@ Rank r of W takes global positions r, r + W, r + 2W, ...: shards are disjoint an
 epoch. Resuming is therefore O(1): `state_dict()` is (epoch, next batch) plus the settings it must
 match, and the next batch is computed directly, no fast-forwarding.
 
-Pipeline. `num_threads` worker threads each take the next batch number, compute its indices and
-run the fused C++ pass on it (GIL released) that gathers the rows and applies the fused per-field
-transforms in one pass, then any numba `batch_transform`s, and wraps the result as the batch the
-user gets; batches are yielded in order. Up to `prefetch` batches wait ready while every worker
-fills one more, so a model step slower than loading never waits: `next()` only hands over a
-finished batch. Plain Python callables (and the copy to a device) run on the consumer thread.
+Pipeline. Two implementations, same batches bit for bit:
+- native (fasttrain/data/_native.py): record files, dicts/tuples of arrays and TokenLoader, when no
+  field has a numba `batch_transform`. `num_threads` C++ std::threads (never holding the GIL) each
+  claim the next batch number, compute its indices and run the fused gather + transform pass into a
+  ring of prefetch + num_threads + 1 preallocated slots; `next()` only gives the previous slot back,
+  waits for the next one with the GIL released and returns aliases of its tensors.
+- Python worker threads (below): torch Dataset sources and fields with numba `batch_transform`s.
+  `num_threads` worker threads each take the next batch number, compute its indices and run the
+  fused C++ pass on it (GIL released), then any numba `batch_transform`s, and wrap the result as
+  the batch the user gets; batches are yielded in order.
+Either way `prefetch` + num_threads batches wait ready ahead, so a model step slower than loading
+never waits: `next()` only hands over a finished batch. Plain Python callables (and the copy to a
+device) run on the consumer thread.
 
 Buffer contract. Batches are views of a small pool of preallocated buffers, and a buffer is refilled
 only when nothing outside the loader references its memory any more (checked through the storage's
-use count: the yielded tensor, any view of it, or autograd's saved copy keeps it alive). So a batch
-stays valid as long as you hold it; holding many batches just makes the loader allocate new buffers.
+use count: the yielded tensor, any view of it, or autograd's saved copy keeps it alive; the native
+ring also checks the Python and TensorImpl references of the tensors it hands out, which it makes
+once per slot). So a batch stays valid as long as you hold it; holding many batches just makes the
+loader allocate new buffers.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from fasttrain._ext import _C
 from fasttrain._ext import num_threads as _default_threads
+from fasttrain.data._native import NativeIter, _Run
 from fasttrain.data.formats import RecordFile, read_tokens
 from fasttrain.data.transforms import BatchTransform, Normalize, RandomCrop, RandomHorizontalFlip, Widen
 from fasttrain.ops import data as _ops
@@ -51,6 +62,7 @@ def _stop_all() -> None:
         stop.set()
     for thread, _ in running:
         thread.join()
+    _C.data.stop_all_producers()  # native producers: their threads write into buffers freed at exit
 
 
 # A worker waiting for the consumer to catch up re-checks after 0.5 ms, doubling up to 4 ms: fast
@@ -206,6 +218,9 @@ class _Iter:
 
 
 class _BaseLoader:
+    # False forces the Python worker-thread pipeline (benchmarks and tests compare the two).
+    _native = True
+
     def __init__(self, batch_size, shuffle, seed, drop_last, num_threads, prefetch, pin_memory, device, rank, world_size):
         name = type(self).__name__
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
@@ -281,18 +296,37 @@ class _BaseLoader:
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
 
     # -- iteration ----------------------------------------------------------------------------
-    def __iter__(self) -> _Iter:
+    def __iter__(self) -> _Iter | NativeIter:
         self.close()
         if self._batch >= len(self) > 0:
             self._epoch, self._batch = self._epoch + 1, 0
+        spec = self._native_spec(self._epoch) if self._native else None
+        if spec is not None:
+            it = NativeIter(self, self._epoch, self._batch, spec, self._make_buffers, self._finish_native, self._native_wrap())
+            self._running = it.run  # not the iterator itself: dropping it stops the producer
+            return it
         it = _Iter(self, self._epoch, self._batch)
         self._running = (it.sh, it.threads)  # not the iterator itself: dropping it stops the workers
         return it
 
+    def _native_wrap(self):
+        """aliases -> the batch container (dict, or list for a tuple) when no Python work follows, else None."""
+        return None
+
+    def _native_spec(self, epoch: int):
+        """A ProducerSpec with the order filled in, or None where this loader needs Python worker threads."""
+        spec = _C.data.ProducerSpec()
+        spec.n, spec.seed, spec.epoch, spec.shuffle = self.num_samples, self.seed, epoch, self.shuffle
+        spec.rank, spec.world, spec.batch_size = self.rank, self.world_size, self.batch_size
+        spec.rank_samples = self._rank_samples()
+        return spec
+
     def close(self) -> None:
-        """Stops the prefetch thread of the current iteration (iter() does this too)."""
+        """Stops the prefetch threads of the current iteration (iter() does this too)."""
         running, self._running = self._running, None
-        if running is not None:
+        if isinstance(running, _Run):
+            running.close()
+        elif running is not None:
             sh, threads = running
             sh.stop.set()
             with sh.cond:
@@ -310,15 +344,16 @@ class _BaseLoader:
         """A free buffer set, marked busy until _release (after the batch views exist)."""
         with self._pool_lock:
             for b in self._pool:
-                if not b.busy and b.free():
+                # A pinned buffer whose last async copy to the GPU is still running is skipped, not
+                # waited for: the native ring calls this on the consumer thread. A fresh pinned
+                # allocation instead comes from torch's caching host allocator.
+                if not b.busy and b.free() and (b.event is None or b.event.query()):
                     b.busy = True
+                    b.event = None
                     break
             else:
                 b = None
         if b is not None:
-            if b.event is not None:
-                b.event.synchronize()  # the last async copy out of this pinned buffer must be done
-                b.event = None
             return b
         b = _Buffers(make())
         b.busy = True
@@ -354,7 +389,9 @@ class Loader(_BaseLoader):
     transforms: {field name or tuple position: op or list of ops}: fused ops first (Normalize,
         RandomCrop, RandomHorizontalFlip, Widen), then @batch_transform functions, then Python
         callables. For a Dataset: one callable on each collated batch (consumer thread).
-    num_threads: worker threads, each filling whole batches natively (default fasttrain._ext.num_threads()).
+    num_threads: threads each filling whole batches (default fasttrain._ext.num_threads()): C++ threads
+        that never take the GIL for arrays and record files; Python threads (the fused pass still
+        native, GIL released) for a torch Dataset or fields with a numba batch_transform.
     prefetch: finished batches kept ready ahead of the consumer (each worker also fills one more).
     pin_memory: default True when device is CUDA. device: where batches go.
     rank, world_size: default from torch.distributed when initialised, else 0 and 1.
@@ -471,6 +508,26 @@ class Loader(_BaseLoader):
             return _Done(tuple(views) if self._as_tuple else dict(zip(self._arrays, views)))
         return bufs, views
 
+    def _native_spec(self, epoch: int):
+        if self._dataset is not None or any(self._post):
+            return None  # torch Datasets and numba batch_transforms run in Python worker threads
+        spec = super()._native_spec(epoch)
+        spec.plans = self._plans
+        return spec
+
+    def _make_buffers(self) -> list[torch.Tensor]:
+        return [self._empty((self.batch_size, *shape), dtype) for shape, dtype in self._shapes]
+
+    def _native_wrap(self):
+        if not self._worker_finishes:
+            return None
+        return list if self._as_tuple else (lambda views: dict(zip(self._arrays, views)))
+
+    def _finish_native(self, bufs: _Buffers, views: list):
+        if self._worker_finishes:
+            return tuple(views) if self._as_tuple else dict(zip(self._arrays, views))
+        return self._finish((bufs, views))
+
     def _workers(self) -> int:
         # A torch Dataset is not necessarily thread-safe: one worker reads it, in order.
         return 1 if self._dataset is not None else self._threads()
@@ -519,6 +576,21 @@ class TokenLoader(_BaseLoader):
     def phase(self, epoch: int) -> int:
         """Token offset of window 0 in `epoch`, in [0, (T - 1) % block_size]."""
         return _hash3(self.seed, epoch, 0x70C) % (self._slack + 1)
+
+    def _native_spec(self, epoch: int):
+        spec = super()._native_spec(epoch)
+        spec.windows, spec.tokens, spec.token_code = True, self.tokens.ctypes.data, _ops.INT_CODES[self.tokens.dtype]
+        spec.block, spec.phase = self.block_size, self.phase(epoch)
+        return spec
+
+    def _make_buffers(self) -> list[torch.Tensor]:
+        return [self._empty((self.batch_size, self.block_size), torch.int64) for _ in range(2)]
+
+    def _native_wrap(self):
+        return list if self.device is None or self.device.type == "cpu" else None
+
+    def _finish_native(self, bufs: _Buffers, views: list):
+        return tuple(self._to_device(bufs, views))
 
     def _produce(self, epoch: int, b: int):
         starts = self.indices(epoch, b) * self.block_size + self.phase(epoch)
