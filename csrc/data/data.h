@@ -10,6 +10,8 @@
 
 namespace ft::data {
 
+namespace {  // internal linkage: compiled into TUs with different ISA flags (see common.h)
+
 // splitmix64's finalizer (Steele, Lea, Flood 2014): a cheap 64-bit bijective mixer. The Python
 // reference (fasttrain/ops/reference.py) implements the same arithmetic, so orders and augmentation
 // draws can be checked bit for bit.
@@ -20,6 +22,8 @@ inline uint64_t mix64(uint64_t x) {
   return z ^ (z >> 31);
 }
 inline uint64_t hash3(uint64_t a, uint64_t b, uint64_t c) { return mix64(mix64(mix64(a) ^ b) ^ c); }
+
+}  // namespace
 
 // Salts that separate the random streams drawn from one (seed, epoch).
 constexpr uint64_t kOrderSalt = 0x5EEDull;
