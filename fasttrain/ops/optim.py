@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from fasttrain._ext import _C, num_threads
-from fasttrain.ops import reference
+from fasttrain.ops import _eager, reference
 from fasttrain.ops._checks import DTYPE_CODES
 from fasttrain.ops._registry import OpSpec, register
 
@@ -79,12 +79,7 @@ def _check_hparams(op: str, lr: float, beta1: float, beta2: float, eps: float, w
         raise ValueError(f"{op}: step must be >= 1 (the count after this update), got {step}")
 
 
-@torch.library.custom_op(
-    "fasttrain::adamw_",
-    mutates_args=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master"),
-    device_types="cpu",
-)
-def _adamw_op(
+def _adamw_cpu(
     param: torch.Tensor,
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
@@ -117,6 +112,11 @@ def _adamw_op(
         lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_scale, stochastic_rounding, seed & 0xFFFFFFFF,
         num_threads(),
     )
+
+
+_adamw_op = torch.library.custom_op(
+    "fasttrain::adamw_", mutates_args=("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master"), device_types="cpu",
+)(_adamw_cpu)
 
 
 @_adamw_op.register_fake
@@ -189,9 +189,11 @@ def adamw_step_(
     if stochastic_rounding and (param.dtype != torch.bfloat16 or master is not None):
         raise ValueError(f"{_OP}: stochastic_rounding applies to bf16 params without master weights; "
                          f"got {param.dtype} param{' with master' if master is not None else ''}")
-    _adamw_op(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None, master,
-              lr, beta1, beta2, eps, weight_decay, step, bool(maximize), bool(amsgrad), float(grad_scale),
-              bool(stochastic_rounding), int(seed))
+    mx = max_exp_avg_sq if amsgrad else None
+    _eager.call(_adamw_op, _adamw_cpu, (param, exp_avg, exp_avg_sq, mx, master),
+                param, grad, exp_avg, exp_avg_sq, mx, master,
+                lr, beta1, beta2, eps, weight_decay, step, bool(maximize), bool(amsgrad), float(grad_scale),
+                bool(stochastic_rounding), int(seed))
 
 
 @torch.no_grad()
@@ -248,11 +250,13 @@ _LION = "fasttrain.ops.lion_step_"
 _F32 = (torch.float32,)
 
 
-@torch.library.custom_op("fasttrain::sgd_", mutates_args=("param", "momentum_buffer"), device_types="cpu")
-def _sgd_op(param: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor | None, lr: float, momentum: float,
+def _sgd_cpu(param: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor | None, lr: float, momentum: float,
             dampening: float, weight_decay: float, nesterov: bool, maximize: bool, first: bool) -> None:
     _C.optim.sgd_f32_(param.data_ptr(), grad.data_ptr(), momentum_buffer.data_ptr() if momentum_buffer is not None else 0,
                       param.numel(), lr, momentum, dampening, weight_decay, nesterov, maximize, first, num_threads())
+
+
+_sgd_op = torch.library.custom_op("fasttrain::sgd_", mutates_args=("param", "momentum_buffer"), device_types="cpu")(_sgd_cpu)
 
 
 @_sgd_op.register_fake
@@ -298,14 +302,17 @@ def sgd_step_(
     buf = momentum_buffer if momentum != 0.0 else None
     _check_buffers(_SGD, {"param": param, "grad": grad, "momentum_buffer": buf}, dict.fromkeys(
         ("param", "grad", "momentum_buffer"), _F32))
-    _sgd_op(param, grad, buf, lr, momentum, dampening, weight_decay, bool(nesterov), bool(maximize), bool(first))
+    _eager.call(_sgd_op, _sgd_cpu, (param, buf), param, grad, buf, lr, momentum, dampening, weight_decay,
+                bool(nesterov), bool(maximize), bool(first))
 
 
-@torch.library.custom_op("fasttrain::lion_", mutates_args=("param", "exp_avg"), device_types="cpu")
-def _lion_op(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, lr: float, beta1: float, beta2: float,
+def _lion_cpu(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, lr: float, beta1: float, beta2: float,
              weight_decay: float, maximize: bool) -> None:
     _C.optim.lion_f32_(param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), param.numel(), lr, beta1, beta2,
                        weight_decay, maximize, num_threads())
+
+
+_lion_op = torch.library.custom_op("fasttrain::lion_", mutates_args=("param", "exp_avg"), device_types="cpu")(_lion_cpu)
 
 
 @_lion_op.register_fake
@@ -337,7 +344,7 @@ def lion_step_(
     lr, beta1, beta2, weight_decay = (float(x) for x in (lr, beta1, beta2, weight_decay))
     _check_hparams(_LION, lr, beta1, beta2, 0.0, weight_decay, 1.0)
     _check_buffers(_LION, {"param": param, "grad": grad, "exp_avg": exp_avg}, dict.fromkeys(("param", "grad", "exp_avg"), _F32))
-    _lion_op(param, grad, exp_avg, lr, beta1, beta2, weight_decay, bool(maximize))
+    _eager.call(_lion_op, _lion_cpu, (param, exp_avg), param, grad, exp_avg, lr, beta1, beta2, weight_decay, bool(maximize))
 
 
 def _sgd_samples():
@@ -370,12 +377,7 @@ _INT8 = "fasttrain.ops.adamw_int8_step_"
 INT8_BLOCK = reference.INT8_BLOCK
 
 
-@torch.library.custom_op(
-    "fasttrain::adamw_int8_",
-    mutates_args=("param", "exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"),
-    device_types="cpu",
-)
-def _adamw_int8_op(
+def _adamw_int8_cpu(
     param: torch.Tensor,
     grad: torch.Tensor,
     exp_avg: torch.Tensor,
@@ -396,6 +398,12 @@ def _adamw_int8_op(
         exp_avg_sq_scale.data_ptr(), param.numel(), lr, beta1, beta2, eps, weight_decay, step, maximize, grad_scale,
         num_threads(),
     )
+
+
+_adamw_int8_op = torch.library.custom_op(
+    "fasttrain::adamw_int8_", mutates_args=("param", "exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"),
+    device_types="cpu",
+)(_adamw_int8_cpu)
 
 
 @_adamw_int8_op.register_fake
@@ -461,8 +469,9 @@ def adamw_int8_step_(
                              "move all buffers to one device")
     if param.device.type != "meta" and exp_avg_scale.numel() and exp_avg_scale.data_ptr() == exp_avg_sq_scale.data_ptr():
         raise ValueError(f"{_INT8}: `exp_avg_scale` and `exp_avg_sq_scale` share memory; pass separate tensors")
-    _adamw_int8_op(param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, lr, beta1, beta2, eps,
-                   weight_decay, step, bool(maximize), float(grad_scale))
+    _eager.call(_adamw_int8_op, _adamw_int8_cpu, (param, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale),
+                param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, lr, beta1, beta2, eps,
+                weight_decay, step, bool(maximize), float(grad_scale))
 
 
 def _adamw_int8_samples():

@@ -244,3 +244,32 @@ def test_adamw_step_mixed_bad_input(kw, exc, match):
     g = torch.zeros(8, dtype=kw.pop("grad_dtype", torch.float32))
     with pytest.raises(exc, match=match):
         adamw_step_(p, g, m, v, lr=1e-3, step=1, **kw)
+
+
+def test_eager_path_bumps_versions_and_modes_still_see_the_op():
+    """The public op skips the torch.library round trip in plain eager CPU calls (fasttrain/ops/_eager.py):
+    autograd must still see the in-place update, and dispatch modes / compile must still see the op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    p, g, m, v = torch.randn(64), torch.randn(64), torch.zeros(64), torch.zeros(64)
+    before = p._version, m._version, v._version
+    adamw_step_(p, g, m, v, lr=1e-3, step=1.0)
+    assert (p._version, m._version, v._version) == tuple(b + 1 for b in before)
+
+    w = torch.randn(8, requires_grad=True)
+    leaf = w.detach()
+    y = (w * leaf).sum()  # leaf is saved for backward
+    adamw_step_(leaf, torch.ones(8), torch.zeros(8), torch.zeros(8), lr=1e-3, step=1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        adamw_step_(p, g, m, v, lr=1e-3, step=2.0)
+    assert any("fasttrain.adamw_" in s for s in seen)
