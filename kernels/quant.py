@@ -35,7 +35,9 @@ def _w8_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, M, N, Kp, HAS_BIAS: tl.
     for k0 in range(0, Kp, BK):
         kk = k0 + rk
         x = tl.load(x_ptr + rm[:, None] * Kp + kk[None, :], mask=(rm[:, None] < M), other=0)
-        w = tl.load(w_ptr + rn[None, :] * Kp + kk[:, None], mask=(rn[None, :] < N), other=0)  # (BK, BN)
+        # VNNI-blocked int8 layout (Np / 16, Kp / 4, 16, 4): W[n, k] at ((n // 16) Kp / 4 + k // 4) 64 + (n % 16) 4 + k % 4
+        w_off = ((rn[None, :] // 16) * (Kp // 4) + kk[:, None] // 4) * 64 + (rn[None, :] % 16) * 4 + kk[:, None] % 4
+        w = tl.load(w_ptr + w_off, mask=(rn[None, :] < N), other=0)  # (BK, BN)
         if INT_DOT:
             acc += tl.dot(x, w)
         else:
@@ -80,8 +82,9 @@ def _grid(M: int, N: int):
 
 
 def int8_weight_linear(x, w_q, w_scale, bias=None):
-    """x: (M, K) fp32/fp16/bf16; w_q: (N, Kp) int8; w_scale: (N,) fp32; bias: (N,) fp32 or None -> (M, N) x.dtype."""
-    (M, _), (N, Kp) = x.shape, w_q.shape
+    """x: (M, K) fp32/fp16/bf16; w_q: (Np / 16, Kp / 4, 16, 4) int8 (VNNI-blocked, fasttrain.ops.quantize_int8_weight);
+    w_scale: (N,) fp32; bias: (N,) fp32 or None -> (M, N) x.dtype."""
+    M, N, Kp = x.shape[0], w_scale.shape[0], 4 * w_q.shape[1]
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
     _w8_kernel[_grid(M, N)](_pad(x, Kp), w_q, w_scale, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
                             HAS_BIAS=bias is not None, INT_DOT=False, BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K)
@@ -91,7 +94,7 @@ def int8_weight_linear(x, w_q, w_scale, bias=None):
 def int8_dynamic_linear(x, w_q, w_scale, bias=None):
     """Per-token int8 activations (same arithmetic as fasttrain.ops.reference.quantize_per_token_reference),
     int8 x int8 -> int32 dot. Shapes as int8_weight_linear; returns x.dtype."""
-    (M, _), (N, Kp) = x.shape, w_q.shape
+    M, N, Kp = x.shape[0], w_scale.shape[0], 4 * w_q.shape[1]
     xf = x.float()
     amax = xf.abs().amax(dim=1)
     inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))

@@ -15,7 +15,9 @@
 namespace ft::quant {
 namespace {
 
-constexpr int64_t kBlockN = 16;  // output channels per OpenMP work item (a multiple of every NRMAX)
+constexpr int64_t kBlockN = 16;  // int4: output channels per OpenMP work item (a multiple of every NRMAX)
+// int8: output channels per OpenMP work item: 4 VNNI blocks of 16, the column width of the AVX-512 tiles.
+constexpr int64_t kPanelN = 4 * kBlockCols;
 
 bool has_vnni() {
 #if FT_X86
@@ -45,10 +47,10 @@ void load_row(const void* x, bool bf16, int64_t m, int64_t K, int64_t Kp, float*
 }
 
 template <class F>
-void over_channels(int64_t N, int threads, F&& f) {
-  const int64_t blocks = (N + kBlockN - 1) / kBlockN;
+void over_channels(int64_t N, int threads, F&& f, int64_t per_item = kBlockN) {
+  const int64_t blocks = (N + per_item - 1) / per_item;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t b = 0; b < blocks; ++b) f(b * kBlockN, std::min(N, (b + 1) * kBlockN));
+  for (int64_t b = 0; b < blocks; ++b) f(b * per_item, std::min(N, (b + 1) * per_item));
 }
 
 }  // namespace
@@ -71,7 +73,7 @@ void int8_dynamic_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const
   std::vector<uint8_t> xq(static_cast<size_t>(M * Kp));
   std::vector<float> sx(static_cast<size_t>(M));
   const uint8_t offset = t.xq_unsigned ? 128 : 0;
-  const int64_t blocks = (N + kBlockN - 1) / kBlockN;
+  const int64_t blocks = (N + kPanelN - 1) / kPanelN;
   // One parallel region for both phases: at batch 1 a layer is ~0.1 ms of work, and on a loaded box every
   // extra fork/join is a thread wake-up that can cost more than the layer.
 #pragma omp parallel num_threads(threads)
@@ -95,7 +97,7 @@ void int8_dynamic_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const
     // (the implicit barrier of the loop above publishes xq and sx to every thread)
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b)
-      t.int8_dyn(xq.data(), sx.data(), w, sw, wsum, bias, y, M, N, Kp, b * kBlockN, std::min(N, (b + 1) * kBlockN));
+      t.int8_dyn(xq.data(), sx.data(), w, sw, wsum, bias, y, M, N, Kp, b * kPanelN, std::min(N, (b + 1) * kPanelN));
   }
 }
 
@@ -104,7 +106,8 @@ void int8_weight_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const 
   const Table& t = table();
   std::vector<float> xp(static_cast<size_t>(M * Kp));
   for (int64_t m = 0; m < M; ++m) load_row(x, x_bf16, m, K, Kp, xp.data() + m * Kp);
-  over_channels(N, threads, [&](int64_t n0, int64_t n1) { t.w8(xp.data(), w, sw, bias, y, M, N, Kp, n0, n1); });
+  over_channels(
+      N, threads, [&](int64_t n0, int64_t n1) { t.w8(xp.data(), w, sw, bias, y, M, N, Kp, n0, n1); }, kPanelN);
 }
 
 void int4_weight_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const uint8_t* w, const void* s,

@@ -1,7 +1,11 @@
 // Quantized linear kernels: torch-free, raw pointers, one file per ISA.
 //
 // Layouts (produced by fasttrain.ops.quant's packers; K is the input width, Kp the padded width):
-//   int8 weights   w:  (N, Kp) int8, symmetric per output channel, Kp = round_up(K, 64), zero padded;
+//   int8 weights   w:  VNNI-blocked (Np / 16, Kp / 4, 16, 4) int8, symmetric per output channel,
+//                  Kp = round_up(K, 64), Np = round_up(N, 16), zero padded: element [b, k4, j, kk] is
+//                  W[16 b + j, 4 k4 + kk]. One 64-byte row of a block is the vpdpbusd operand for 4 k of
+//                  16 columns (layout version 2; version 1 was row-major (N, Kp)). Every ISA reads this
+//                  same buffer (int8_index below).
 //                  sw: (N,) fp32 scales; wsum: (N,) int32 row sums of w (for the VNNI u8 x s8 trick).
 //   int4 weights   w:  (N, Kp / 2) uint8, Kp = round_up(K, group), group a multiple of 64. Each value is
 //                  q + 8 with q in [-8, 7]. Within every block of 32 values along K, byte j holds value j
@@ -18,6 +22,8 @@
 namespace ft::quant {
 
 constexpr int64_t kAlignK = 64;  // K padding: one 512-bit vector of int8
+constexpr int64_t kBlockCols = 16;  // output columns per VNNI block of the int8 layout
+
 
 // y[m, n] = (sum_k xq[m, k] w[n, k]) * sx[m] * sw[n] + bias[n]. xq is uint8 (q + 128) when the table's
 // xq_unsigned is true (VNNI: vpdpbusd multiplies u8 by s8; the 128 * wsum[n] excess is subtracted),
@@ -49,6 +55,11 @@ namespace avx512vnni { const Table& table(bool bf16); }  // bf16: int4 through v
 #endif
 
 namespace {  // internal linkage: every ISA file instantiates these with its own flags
+
+// Offset of W[n, k] in the blocked int8 layout.
+inline int64_t int8_index(int64_t n, int64_t k, int64_t Kp) {
+  return ((n / kBlockCols) * (Kp / 4) + k / 4) * (4 * kBlockCols) + (n % kBlockCols) * 4 + k % 4;
+}
 
 inline float load_scale(const void* s, int64_t i, bool bf16) {
   if (bf16) {

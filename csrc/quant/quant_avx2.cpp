@@ -7,13 +7,6 @@
 namespace ft::quant::avx2 {
 namespace {
 
-inline int32_t hsum_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return _mm_cvtsi128_si32(s);
-}
-
 inline float hsum_ps(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -21,70 +14,89 @@ inline float hsum_ps(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-inline __m256i load_i8_epi16(const int8_t* p) {
-  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
+// int8 weights are VNNI-blocked (quant.h): per block of 16 columns, each k4 step is 64 bytes, 4 bytes
+// (4 consecutive k) per column. AVX2 has no vpdpbusd: 16 bytes (4 columns) widen to int16 and vpmaddwd
+// against the 4 activations repeated 4 times gives, per column, two int32 pair sums.
 
-template <int MR, int NR>
-inline void dyn_tile(const int8_t* x, const float* sx, const int8_t* w, const float* sw, const float* bias, float* y,
-                     int64_t N, int64_t Kp, int64_t m0, int64_t n0) {
-  __m256i acc[MR][NR];
+constexpr int64_t kChunkK4 = 64;  // fp32 path: k4 steps per partial sum (sums of <= 256 terms, then added)
+
+template <int MR>
+inline void dyn_block(const int8_t* x, const float* sx, const int8_t* w, const float* sw, const float* bias, float* y,
+                      int64_t N, int64_t Kp, int64_t m0, int64_t b) {
+  const int64_t K4 = Kp / 4;
+  const int8_t* wb = w + b * K4 * 64;
+  __m256i acc[MR][4];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_si256();
-  for (int64_t k = 0; k < Kp; k += 16) {
-    __m256i wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = load_i8_epi16(w + (n0 + j) * Kp + k);
+    for (int c = 0; c < 4; ++c) acc[i][c] = _mm256_setzero_si256();
+  for (int64_t k4 = 0; k4 < K4; ++k4) {
+    __m256i wv[4];
+    for (int c = 0; c < 4; ++c)
+      wv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + k4 * 64 + 16 * c)));
     for (int i = 0; i < MR; ++i) {
-      const __m256i xv = load_i8_epi16(x + (m0 + i) * Kp + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(xv, wv[j]));
+      int32_t four;
+      __builtin_memcpy(&four, x + (m0 + i) * Kp + 4 * k4, 4);
+      const __m256i xv = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(four)));
+      for (int c = 0; c < 4; ++c) acc[i][c] = _mm256_add_epi32(acc[i][c], _mm256_madd_epi16(xv, wv[c]));
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      const int64_t n = n0 + j;
-      y[(m0 + i) * N + n] = float(hsum_epi32(acc[i][j])) * (sx[m0 + i] * sw[n]) + (bias ? bias[n] : 0.0f);
+  for (int i = 0; i < MR; ++i) {
+    alignas(32) int32_t part[4][8];
+    for (int c = 0; c < 4; ++c) _mm256_store_si256(reinterpret_cast<__m256i*>(part[c]), acc[i][c]);
+    for (int j = 0; j < 16 && b * 16 + j < N; ++j) {
+      const int64_t n = b * 16 + j;
+      const int32_t dot = part[j / 4][2 * (j % 4)] + part[j / 4][2 * (j % 4) + 1];
+      y[(m0 + i) * N + n] = float(dot) * (sx[m0 + i] * sw[n]) + (bias ? bias[n] : 0.0f);
     }
+  }
 }
 
 void int8_dyn(const void* xq, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
               const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
   (void)wsum;
   const int8_t* x = static_cast<const int8_t*>(xq);
-  for_tiles<2, 4>(M, n0, n1, [&](auto mr, auto nr, int64_t m0, int64_t nn) {
-    dyn_tile<decltype(mr)::value, decltype(nr)::value>(x, sx, w, sw, bias, y, N, Kp, m0, nn);
-  });
+  for (int64_t b = n0 / 16; b < (n1 + 15) / 16; ++b)
+    for (int64_t m = 0; m < M; m += 2) {
+      if (M - m >= 2) dyn_block<2>(x, sx, w, sw, bias, y, N, Kp, m, b);
+      else dyn_block<1>(x, sx, w, sw, bias, y, N, Kp, m, b);
+    }
 }
 
-inline __m256 load_i8_ps(const int8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-}
-
-template <int MR, int NR>
-inline void w8_tile(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t N,
-                    int64_t Kp, int64_t m0, int64_t n0) {
-  __m256 acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < Kp; k += 8) {
-    __m256 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = load_i8_ps(w + (n0 + j) * Kp + k);
-    for (int i = 0; i < MR; ++i) {
-      const __m256 xv = _mm256_loadu_ps(x + (m0 + i) * Kp + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+// fp32 activations: 8 weight bytes (2 columns x 4 k) widen to fp32 and multiply the 4 activations repeated
+// twice; lanes 0-3 then sum to one column, lanes 4-7 to the next.
+void w8_row_block(const float* xr, const int8_t* w, const float* sw, const float* bias, float* yr, int64_t N,
+                  int64_t Kp, int64_t b) {
+  const int64_t K4 = Kp / 4;
+  const int8_t* wb = w + b * K4 * 64;
+  float tot[16] = {};
+  for (int64_t c0 = 0; c0 < K4; c0 += kChunkK4) {
+    const int64_t c1 = std::min(K4, c0 + kChunkK4);
+    __m256 acc[8];
+    for (int c = 0; c < 8; ++c) acc[c] = _mm256_setzero_ps();
+    for (int64_t k4 = c0; k4 < c1; ++k4) {
+      const __m256 xv = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xr + 4 * k4));
+      for (int c = 0; c < 8; ++c) {
+        const __m256 wv = _mm256_cvtepi32_ps(
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wb + k4 * 64 + 8 * c))));
+        acc[c] = _mm256_fmadd_ps(xv, wv, acc[c]);
+      }
+    }
+    for (int c = 0; c < 8; ++c) {
+      alignas(32) float part[8];
+      _mm256_store_ps(part, acc[c]);
+      tot[2 * c] += (part[0] + part[1]) + (part[2] + part[3]);
+      tot[2 * c + 1] += (part[4] + part[5]) + (part[6] + part[7]);
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      const int64_t n = n0 + j;
-      y[(m0 + i) * N + n] = hsum_ps(acc[i][j]) * sw[n] + (bias ? bias[n] : 0.0f);
-    }
+  for (int j = 0; j < 16 && b * 16 + j < N; ++j) {
+    const int64_t n = b * 16 + j;
+    yr[n] = tot[j] * sw[n] + (bias ? bias[n] : 0.0f);
+  }
 }
 
 void w8(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t M, int64_t N,
         int64_t Kp, int64_t n0, int64_t n1) {
-  for_tiles<2, 4>(M, n0, n1, [&](auto mr, auto nr, int64_t m0, int64_t nn) {
-    w8_tile<decltype(mr)::value, decltype(nr)::value>(x, w, sw, bias, y, N, Kp, m0, nn);
-  });
+  for (int64_t b = n0 / 16; b < (n1 + 15) / 16; ++b)
+    for (int64_t m = 0; m < M; ++m) w8_row_block(x + m * Kp, w, sw, bias, y + m * N, N, Kp, b);
 }
 
 template <int MR, int NR>

@@ -12,43 +12,76 @@
 namespace ft::quant::avx512vnni {
 namespace {
 
-// Horizontal sums of four accumulators at once (~13 instructions instead of 4 x 8): interleave pairs
-// within 128-bit lanes, add, then fold the four lanes. At K = 1024 the per-output reductions would
-// otherwise cost a third as much as the dot products.
-inline void dot4(const __m512i a[4], int32_t out[4]) {
-  const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
-  const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
-  // Each 128-bit lane now holds [a0, a1, a2, a3] partial sums.
-  const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
-  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
-  const __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), q);
+// int8 weights are VNNI-blocked (quant.h): block b holds columns [16b, 16b + 16) as (Kp / 4, 16, 4), so one
+// 64-byte load gives 4 consecutive k for 16 columns, the exact operand of vpdpbusd against a broadcast of 4
+// activation bytes. Accumulators are then 16 output columns wide: no horizontal sums, vector epilogues, and
+// a register tile of MR rows x NB blocks (the oneDNN / FBGEMM micro-kernel shape; written here from that idea).
+
+inline __mmask16 tail_mask(int64_t n, int64_t N) {
+  const int64_t left = N - n;
+  return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u);
 }
 
-template <int MR, int NR>
-inline void dyn_tile(const uint8_t* x, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
-                     const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t n0) {
-  __m512i acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
-  for (int64_t k = 0; k < Kp; k += 64) {
-    __m512i wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = _mm512_loadu_si512(w + (n0 + j) * Kp + k);
-    for (int i = 0; i < MR; ++i) {
-      const __m512i xv = _mm512_loadu_si512(x + (m0 + i) * Kp + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[j]);
+// y[m, cols] = acc_f * scale(m, cols) + bias[cols] for 16 columns starting at n (masked at the N edge).
+inline void store_cols(float* y, const float* bias, __m512 v, __m512 colscale, float rowscale, int64_t n,
+                       int64_t N, __mmask16 mk) {
+  __m512 r = _mm512_mul_ps(v, _mm512_mul_ps(colscale, _mm512_set1_ps(rowscale)));
+  if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mk, bias + n));
+  _mm512_mask_storeu_ps(y, mk, r);
+}
+
+// Loops over register tiles: blocks of 16 columns in steps of NBMAX (outer: the weight panel stays in L2
+// while every row tile of x streams past it), rows in steps of MRMAX; edge tiles get their own instantiation.
+template <int MRMAX, int NBMAX, class F>
+inline void for_block_tiles(int64_t M, int64_t b0, int64_t b1, F&& f) {
+  for (int64_t b = b0; b < b1; b += NBMAX) {
+    const int nb = int(std::min<int64_t>(NBMAX, b1 - b));
+    for (int64_t m = 0; m < M; m += MRMAX) {
+      const int mr = int(std::min<int64_t>(MRMAX, M - m));
+      with_int<MRMAX>(mr, [&](auto mr_c) { with_int<NBMAX>(nb, [&](auto nb_c) { f(mr_c, nb_c, m, b); }); });
     }
   }
-  for (int i = 0; i < MR; ++i) {
-    int32_t dot[NR];
-    if constexpr (NR == 4) {
-      dot4(acc[i], dot);
-    } else {
-      for (int j = 0; j < NR; ++j) dot[j] = _mm512_reduce_add_epi32(acc[i][j]);
+}
+
+// MR rows x NB blocks; U independent accumulator sets over alternating k4 steps (for MR = 1 there would be
+// only NB dependency chains, fewer than vpdpbusd's latency x throughput).
+template <int MR, int NB>
+inline void dyn_tile(const uint8_t* x, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
+                     const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t b0) {
+  constexpr int U = MR <= 2 ? 2 : 1;
+  const int64_t K4 = Kp / 4;
+  __m512i acc[U][MR][NB];
+  for (int u = 0; u < U; ++u)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NB; ++j) acc[u][i][j] = _mm512_setzero_si512();
+  const int8_t* wb[NB];
+  for (int j = 0; j < NB; ++j) wb[j] = w + (b0 + j) * K4 * 64;
+  const int32_t* xr[MR];
+  for (int i = 0; i < MR; ++i) xr[i] = reinterpret_cast<const int32_t*>(x + (m0 + i) * Kp);
+  for (int64_t k4 = 0; k4 < K4; k4 += U) {
+    for (int u = 0; u < U; ++u) {
+      __m512i wv[NB];
+      for (int j = 0; j < NB; ++j) {
+        // Batch 1 streams the weights from memory: fetch ~1 KB ahead of each block's stream.
+        if constexpr (MR <= 2) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + (k4 + u) * 64 + 1024), _MM_HINT_T0);
+        wv[j] = _mm512_loadu_si512(wb[j] + (k4 + u) * 64);
+      }
+      for (int i = 0; i < MR; ++i) {
+        const __m512i xv = _mm512_set1_epi32(xr[i][k4 + u]);
+        for (int j = 0; j < NB; ++j) acc[u][i][j] = _mm512_dpbusd_epi32(acc[u][i][j], xv, wv[j]);
+      }
     }
-    for (int j = 0; j < NR; ++j) {
-      const int64_t n = n0 + j;
-      y[(m0 + i) * N + n] = float(dot[j] - 128 * wsum[n]) * (sx[m0 + i] * sw[n]) + (bias ? bias[n] : 0.0f);
+  }
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n = (b0 + j) * 16;
+    const __mmask16 mk = tail_mask(n, N);
+    const __m512 cs = _mm512_maskz_loadu_ps(mk, sw + n);
+    const __m512i excess = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mk, wsum + n), 7);  // 128 * wsum
+    for (int i = 0; i < MR; ++i) {
+      __m512i a = acc[0][i][j];
+      if constexpr (U == 2) a = _mm512_add_epi32(a, acc[1][i][j]);
+      const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, excess));
+      store_cols(y + (m0 + i) * N + n, bias, v, cs, sx[m0 + i], n, N, mk);
     }
   }
 }
@@ -56,49 +89,80 @@ inline void dyn_tile(const uint8_t* x, const float* sx, const int8_t* w, const f
 void int8_dyn(const void* xq, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
               const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
   const uint8_t* x = static_cast<const uint8_t*>(xq);
-  // 4 x 4 tiles: 16 accumulators + 4 weight vectors + 1 activation vector of the 32 zmm registers.
-  for_tiles<4, 4>(M, n0, n1, [&](auto mr, auto nr, int64_t m0, int64_t nn) {
-    dyn_tile<decltype(mr)::value, decltype(nr)::value>(x, sx, w, sw, wsum, bias, y, N, Kp, m0, nn);
-  });
+  const int64_t b0 = n0 / 16, b1 = (n1 + 15) / 16;
+  auto body = [&](auto mr, auto nb, int64_t m0, int64_t bb) {
+    dyn_tile<decltype(mr)::value, decltype(nb)::value>(x, sx, w, sw, wsum, bias, y, N, Kp, m0, bb);
+  };
+  // 6 x 4 tiles: 24 accumulators + 4 weight vectors + 1 broadcast of the 32 zmm registers; 10 loads per
+  // 24 vpdpbusd. Batch 1-2: 4 blocks x 2 accumulator sets.
+  if (M <= 2) for_block_tiles<2, 4>(M, b0, b1, body);
+  else for_block_tiles<6, 4>(M, b0, b1, body);
 }
 
-inline __m512 load_i8_ps(const int8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+// int8 weight-only: fp32 activations. vpshufb moves byte kk of each column's 4-byte group to the top of its
+// 32-bit lane (zeros below), so the lane reads w * 2^24 as an int32 and converts to fp32 exactly (at most 8
+// significant bits); the 2^-24 is folded into the column scale. One shuffle + one convert per 16 weights.
+inline __m512i top_byte_ctrl(int kk) {
+  alignas(64) int8_t c[64];
+  // vpshufb indexes within each 128-bit lane: byte 4j + kk of that lane; -128 (bit 7 set) writes a zero.
+  for (int i = 0; i < 64; ++i) c[i] = (i % 4 == 3) ? int8_t(((i % 16) / 4) * 4 + kk) : int8_t(-128);
+  return _mm512_load_si512(c);
 }
 
-template <int MR, int NR>
+constexpr int64_t kChunkK4 = 64;  // k4 steps per partial sum: fp32 sums of <= 256 terms, then added up
+
+template <int MR, int NB>
 inline void w8_tile(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t N,
-                    int64_t Kp, int64_t m0, int64_t n0) {
-  // Two accumulators per output for batch 1, so the FMA chains are long enough to hide latency.
-  constexpr int U = MR == 1 ? 2 : 1;
-  __m512 acc[U][MR][NR];
-  for (int u = 0; u < U; ++u)
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[u][i][j] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < Kp; k += 16 * U) {
-    for (int u = 0; u < U; ++u) {
-      __m512 wv[NR];
-      for (int j = 0; j < NR; ++j) wv[j] = load_i8_ps(w + (n0 + j) * Kp + k + 16 * u);
-      for (int i = 0; i < MR; ++i) {
-        const __m512 xv = _mm512_loadu_ps(x + (m0 + i) * Kp + k + 16 * u);
-        for (int j = 0; j < NR; ++j) acc[u][i][j] = _mm512_fmadd_ps(xv, wv[j], acc[u][i][j]);
+                    int64_t Kp, int64_t m0, int64_t b0) {
+  const int64_t K4 = Kp / 4;
+  const __m512i ctrl[4] = {top_byte_ctrl(0), top_byte_ctrl(1), top_byte_ctrl(2), top_byte_ctrl(3)};
+  __m512 tot[MR][NB];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NB; ++j) tot[i][j] = _mm512_setzero_ps();
+  const int8_t* wb[NB];
+  for (int j = 0; j < NB; ++j) wb[j] = w + (b0 + j) * K4 * 64;
+  for (int64_t c0 = 0; c0 < K4; c0 += kChunkK4) {
+    const int64_t c1 = std::min(K4, c0 + kChunkK4);
+    // Two accumulator sets (even / odd k) per output: two FMA chains, and the sum of each set is short.
+    __m512 acc[2][MR][NB];
+    for (int u = 0; u < 2; ++u)
+      for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NB; ++j) acc[u][i][j] = _mm512_setzero_ps();
+    for (int64_t k4 = c0; k4 < c1; ++k4) {
+      __m512i raw[NB];
+      for (int j = 0; j < NB; ++j) {
+        if constexpr (MR == 1) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + k4 * 64 + 1024), _MM_HINT_T0);
+        raw[j] = _mm512_loadu_si512(wb[j] + k4 * 64);
+      }
+      for (int kk = 0; kk < 4; ++kk) {
+        __m512 wv[NB];
+        for (int j = 0; j < NB; ++j) wv[j] = _mm512_cvtepi32_ps(_mm512_shuffle_epi8(raw[j], ctrl[kk]));
+        for (int i = 0; i < MR; ++i) {
+          const __m512 xv = _mm512_set1_ps(x[(m0 + i) * Kp + 4 * k4 + kk]);
+          for (int j = 0; j < NB; ++j) acc[kk & 1][i][j] = _mm512_fmadd_ps(xv, wv[j], acc[kk & 1][i][j]);
+        }
       }
     }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NB; ++j) tot[i][j] = _mm512_add_ps(tot[i][j], _mm512_add_ps(acc[0][i][j], acc[1][i][j]));
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      __m512 a = acc[0][i][j];
-      if constexpr (U == 2) a = _mm512_add_ps(a, acc[U - 1][i][j]);
-      const int64_t n = n0 + j;
-      y[(m0 + i) * N + n] = _mm512_reduce_add_ps(a) * sw[n] + (bias ? bias[n] : 0.0f);
-    }
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n = (b0 + j) * 16;
+    const __mmask16 mk = tail_mask(n, N);
+    const __m512 cs = _mm512_maskz_loadu_ps(mk, sw + n);
+    for (int i = 0; i < MR; ++i) store_cols(y + (m0 + i) * N + n, bias, tot[i][j], cs, 0x1p-24f, n, N, mk);
+  }
 }
 
 void w8(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t M, int64_t N,
         int64_t Kp, int64_t n0, int64_t n1) {
-  for_tiles<4, 4>(M, n0, n1, [&](auto mr, auto nr, int64_t m0, int64_t nn) {
-    w8_tile<decltype(mr)::value, decltype(nr)::value>(x, w, sw, bias, y, N, Kp, m0, nn);
-  });
+  const int64_t b0 = n0 / 16, b1 = (n1 + 15) / 16;
+  auto body = [&](auto mr, auto nb, int64_t m0, int64_t bb) {
+    w8_tile<decltype(mr)::value, decltype(nb)::value>(x, w, sw, bias, y, N, Kp, m0, bb);
+  };
+  // Registers: 2 * MR * NB accumulators + MR * NB totals + NB weights: 1 x 4 (12 + 4) and 3 x 2 (18 + 2).
+  if (M == 1) for_block_tiles<1, 4>(M, b0, b1, body);
+  else for_block_tiles<3, 2>(M, b0, b1, body);
 }
 
 template <int MR, int NR>

@@ -10,11 +10,10 @@ void int8_dyn(const void* xq, const float* sx, const int8_t* w, const float* sw,
   (void)wsum;  // xq is signed here: no u8 offset to undo
   const int8_t* x = static_cast<const int8_t*>(xq);
   for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* wr = w + n * Kp;
     for (int64_t m = 0; m < M; ++m) {
       const int8_t* xr = x + m * Kp;
       int32_t acc = 0;
-      for (int64_t k = 0; k < Kp; ++k) acc += int32_t(xr[k]) * int32_t(wr[k]);
+      for (int64_t k = 0; k < Kp; ++k) acc += int32_t(xr[k]) * int32_t(w[int8_index(n, k, Kp)]);
       y[m * N + n] = float(acc) * (sx[m] * sw[n]) + (bias ? bias[n] : 0.0f);
     }
   }
@@ -23,11 +22,10 @@ void int8_dyn(const void* xq, const float* sx, const int8_t* w, const float* sw,
 void w8(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t M, int64_t N,
         int64_t Kp, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* wr = w + n * Kp;
     for (int64_t m = 0; m < M; ++m) {
       const float* xr = x + m * Kp;
       float acc = 0.0f;
-      for (int64_t k = 0; k < Kp; ++k) acc += xr[k] * float(wr[k]);
+      for (int64_t k = 0; k < Kp; ++k) acc += xr[k] * float(w[int8_index(n, k, Kp)]);
       y[m * N + n] = acc * sw[n] + (bias ? bias[n] : 0.0f);
     }
   }

@@ -6,7 +6,11 @@ groupwise weight-only, plus the packers that produce their weight layouts.
 Weights are quantized symmetrically: int8 per output channel (scale = max|w_row| / 127), int4 per
 group of `group_size` inputs (scale = max|w_group| / 7, values in [-8, 7]). Packed layouts
 (csrc/quant/quant.h) pad K with zeros: int8 to Kp = round_up(K, 64), int4 to Kp = round_up(K,
-group_size); `group_size` must be a multiple of 64. So a K that is not a multiple of the group size
+group_size); `group_size` must be a multiple of 64. int8 weights are VNNI-blocked at quantize time:
+w_q (Np / 16, Kp / 4, 16, 4), Np = round_up(N, 16), element [b, k4, j, kk] = W[16 b + j, 4 k4 + kk], so one
+64-byte load is the vpdpbusd operand for 4 inputs x 16 outputs (INT8_LAYOUT_VERSION 2; version 1 was the
+row-major (N, Kp) tensor, converted by repack_int8_weight). Every CPU path and the Triton kernels read this
+one layout. So a K that is not a multiple of the group size
 is padded, never rejected; the activations keep their width K.
 
 int4_weight_linear rounds the activations to bf16 (round to nearest even) before the dot product, on every
@@ -29,12 +33,15 @@ from fasttrain.ops._registry import OpSpec, register
 __all__ = [
     "quantize_int8_weight",
     "quantize_int4_weight",
+    "repack_int8_weight",
     "int8_dynamic_linear",
     "int8_weight_linear",
     "int4_weight_linear",
 ]
 
 ALIGN_K = 64  # K padding of every packed layout (one 512-bit vector of int8)
+BLOCK_N = 16  # output columns per VNNI block of the int8 layout (one 512-bit vector of int32 sums)
+INT8_LAYOUT_VERSION = 2  # 1: row-major (N, Kp); 2: VNNI-blocked (Np / 16, Kp / 4, 16, 4)
 MAX_K_INT8_DYNAMIC = 65536  # 255 * 127 * Kp must fit the int32 accumulators of the VNNI kernel
 _X_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -87,12 +94,18 @@ def _check_bias(op: str, bias, N: int, device) -> None:
 def _check_int8(op: str, x, w_q, w_scale, bias, w_sum=None) -> None:
     _check_x(op, x)
     K = x.shape[1]
-    _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=2, device=x.device)
-    N, Kp = w_q.shape
-    if Kp != _round_up(K, ALIGN_K):
-        raise ValueError(f"{op}: w_q has {Kp} columns but x has K={K} features; w_q must have round_up(K, 64) = "
-                         f"{_round_up(K, ALIGN_K)} (pack it with fasttrain.ops.quantize_int8_weight)")
-    _check(op, "w_scale", w_scale, dtypes=(torch.float32,), ndim=1, device=x.device, shape=(N,))
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32,), ndim=1, device=x.device)
+    N = w_scale.shape[0]
+    if isinstance(w_q, torch.Tensor) and w_q.dim() == 2:
+        raise ValueError(f"{op}: w_q has the row-major (N, Kp) int8 layout (layout version 1); "
+                         "the kernels take the VNNI-blocked (Np / 16, Kp / 4, 16, 4) layout: convert it with "
+                         "fasttrain.ops.quant.repack_int8_weight(w_q) or re-quantize with quantize_int8_weight")
+    Kp = _round_up(K, ALIGN_K)
+    _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=4, device=x.device)
+    if 4 * w_q.shape[1] != Kp:
+        raise ValueError(f"{op}: w_q holds {4 * w_q.shape[1]} padded inputs but x has K={K} features; w_q must hold "
+                         f"round_up(K, 64) = {Kp} (pack it with fasttrain.ops.quantize_int8_weight)")
+    _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=4, shape=(-(-N // BLOCK_N), Kp // 4, BLOCK_N, 4))
     if w_sum is not None:
         _check(op, "w_sum", w_sum, dtypes=(torch.int32,), ndim=1, device=x.device, shape=(N,))
         if K > MAX_K_INT8_DYNAMIC:
@@ -131,7 +144,7 @@ def _ptr(t: torch.Tensor | None) -> int:
 def _int8_dynamic_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
                      bias: torch.Tensor | None) -> torch.Tensor:
     _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
-    (M, K), (N, Kp) = x.shape, w_q.shape
+    (M, K), N, Kp = x.shape, w_scale.shape[0], 4 * w_q.shape[1]
     y = _out(x, N)
     _C.quant.int8_dynamic_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
                                  w_sum.data_ptr(), _ptr(bias), y.data_ptr(), N, Kp, num_threads())
@@ -141,7 +154,7 @@ def _int8_dynamic_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, 
 @_int8_dynamic_op.register_fake
 def _(x, w_q, w_scale, w_sum, bias):
     _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
-    return x.new_empty((x.shape[0], w_q.shape[0]))
+    return x.new_empty((x.shape[0], w_scale.shape[0]))
 
 
 @_int8_dynamic_op.register_kernel("cuda")
@@ -156,7 +169,7 @@ def _(x, w_q, w_scale, w_sum, bias):
 def _int8_weight_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
                     bias: torch.Tensor | None) -> torch.Tensor:
     _check_int8("fasttrain.ops.int8_weight_linear", x, w_q, w_scale, bias)
-    (M, K), (N, Kp) = x.shape, w_q.shape
+    (M, K), N, Kp = x.shape, w_scale.shape[0], 4 * w_q.shape[1]
     y = _out(x, N)
     _C.quant.int8_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
                                 _ptr(bias), y.data_ptr(), N, Kp, num_threads())
@@ -166,7 +179,7 @@ def _int8_weight_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
 @_int8_weight_op.register_fake
 def _(x, w_q, w_scale, bias):
     _check_int8("fasttrain.ops.int8_weight_linear", x, w_q, w_scale, bias)
-    return x.new_empty((x.shape[0], w_q.shape[0]))
+    return x.new_empty((x.shape[0], w_scale.shape[0]))
 
 
 @_int8_weight_op.register_kernel("cuda")
@@ -219,8 +232,9 @@ def _as_2d(op: str, x) -> torch.Tensor:
 
 @torch.no_grad()
 def quantize_int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: weight (N, K) float -> (w_q (N, Kp) int8, w_scale (N,) fp32,
-    w_sum (N,) int32), Kp = round_up(K, 64) zero padded. An all-zero row gets scale 1 (its q is 0)."""
+    """Symmetric per-output-channel int8: weight (N, K) float -> (w_q (Np / 16, Kp / 4, 16, 4) int8 VNNI-blocked,
+    w_scale (N,) fp32, w_sum (N,) int32), Kp = round_up(K, 64), Np = round_up(N, 16), zero padded. An all-zero
+    row gets scale 1 (its q is 0)."""
     op = "fasttrain.ops.quantize_int8_weight"
     _check(op, "weight", weight, dtypes=(torch.float32, torch.bfloat16, torch.float16), ndim=2)
     w = weight.detach().float()
@@ -228,9 +242,29 @@ def quantize_int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     amax = w.abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    w_q = torch.zeros((N, _round_up(K, ALIGN_K)), dtype=torch.int8, device=w.device)
-    w_q[:, :K] = q
-    return w_q, scale.contiguous(), q.sum(dim=1, dtype=torch.int32)
+    return _block_int8(q), scale.contiguous(), q.sum(dim=1, dtype=torch.int32)
+
+
+def _block_int8(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 -> zero-padded VNNI-blocked (Np / 16, Kp / 4, 16, 4)."""
+    N, K = q.shape
+    Np, Kp = _round_up(N, BLOCK_N), _round_up(K, ALIGN_K)
+    padded = torch.nn.functional.pad(q, (0, Kp - K, 0, Np - N))
+    return padded.reshape(Np // BLOCK_N, BLOCK_N, Kp // 4, 4).permute(0, 2, 1, 3).contiguous()
+
+
+@torch.no_grad()
+def repack_int8_weight(w_q: torch.Tensor) -> torch.Tensor:
+    """Layout version 1 -> 2: row-major (N, Kp) int8 weights (fasttrain before the VNNI-blocked layout) ->
+    (Np / 16, Kp / 4, 16, 4). w_scale and w_sum are unchanged. A 4-D (already blocked) tensor is returned as is."""
+    op = "fasttrain.ops.quant.repack_int8_weight"
+    if isinstance(w_q, torch.Tensor) and w_q.dim() == 4:
+        _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=4)
+        return w_q
+    _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=2)
+    if w_q.shape[1] % ALIGN_K:
+        raise ValueError(f"{op}: a version-1 w_q has a multiple of 64 columns, got shape {tuple(w_q.shape)}")
+    return _block_int8(w_q)
 
 
 @torch.no_grad()
@@ -265,7 +299,7 @@ def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tenso
     bias: (N,) fp32 or None. Returns (..., N) in x's dtype. K <= 65536.
     """
     x2 = _as_2d("fasttrain.ops.int8_dynamic_linear", x)
-    return _int8_dynamic_op(x2, w_q, w_scale, w_sum, bias).reshape(*x.shape[:-1], w_q.shape[0])
+    return _int8_dynamic_op(x2, w_q, w_scale, w_sum, bias).reshape(*x.shape[:-1], w_scale.shape[0])
 
 
 def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
@@ -276,7 +310,7 @@ def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor
     Returns (..., N) in x's dtype.
     """
     x2 = _as_2d("fasttrain.ops.int8_weight_linear", x)
-    return _int8_weight_op(x2, w_q, w_scale, bias).reshape(*x.shape[:-1], w_q.shape[0])
+    return _int8_weight_op(x2, w_q, w_scale, bias).reshape(*x.shape[:-1], w_scale.shape[0])
 
 
 def int4_weight_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int = 128,

@@ -309,19 +309,28 @@ def quantize_per_token_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return q, amax / 127.0
 
 
+def unblock_int8_reference(w_q: torch.Tensor, N: int) -> torch.Tensor:
+    """VNNI-blocked int8 weights (Np / 16, Kp / 4, 16, 4) -> row-major (N, Kp): element [b, k4, j, kk] is
+    W[16 b + j, 4 k4 + kk] (csrc/quant/quant.h). A 2-D (N, Kp) tensor (layout version 1) passes through."""
+    if w_q.dim() == 2:
+        return w_q[:N]
+    nb, k4, _, _ = w_q.shape
+    return w_q.permute(0, 2, 1, 3).reshape(nb * 16, k4 * 4)[:N]
+
+
 @torch.no_grad()
 def int8_dynamic_linear_reference(
     x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """y = (q_x @ w_q^T) * s_x s_w + bias with per-token int8 activations and an exact integer dot.
 
-    x: (M, K) fp32/bf16; w_q: (N, Kp) int8; w_scale: (N,) fp32; w_sum: (N,) int32 (unused: only the
-    VNNI kernel needs it); bias: (N,) fp32 or None. Returns (M, N) in x's dtype.
+    x: (M, K) fp32/bf16; w_q: (Np / 16, Kp / 4, 16, 4) int8 (see unblock_int8_reference); w_scale: (N,) fp32;
+    w_sum: (N,) int32 (unused: only the VNNI kernel needs it); bias: (N,) fp32 or None. Returns (M, N) in x's dtype.
     """
     del w_sum
     K = x.shape[-1]
     q, sx = quantize_per_token_reference(x)
-    acc = q.double() @ w_q[:, :K].double().T  # exact: every partial sum is an integer below 2^53
+    acc = q.double() @ unblock_int8_reference(w_q, w_scale.shape[0])[:, :K].double().T  # exact: every partial sum is an integer below 2^53
     y = acc.float() * (sx[:, None] * w_scale[None, :])
     if bias is not None:
         y = y + bias
@@ -333,9 +342,10 @@ def int8_weight_linear_reference(
     x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
     *, dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """y = x @ (w_q * w_scale)^T + bias, computed in `dtype`. x: (M, K); w_q: (N, Kp) int8; w_scale: (N,) fp32."""
+    """y = x @ (w_q * w_scale)^T + bias, computed in `dtype`. x: (M, K); w_q: blocked int8 (see
+    unblock_int8_reference); w_scale: (N,) fp32."""
     K = x.shape[-1]
-    w = w_q[:, :K].to(dtype) * w_scale.to(dtype)[:, None]
+    w = unblock_int8_reference(w_q, w_scale.shape[0])[:, :K].to(dtype) * w_scale.to(dtype)[:, None]
     y = x.to(dtype) @ w.T
     if bias is not None:
         y = y + bias.to(dtype)

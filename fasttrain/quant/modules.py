@@ -43,10 +43,15 @@ class QuantizedLinear(nn.Module):
 
 
 class _Int8(QuantizedLinear):
+    # nn.Module's state_dict versioning: version 2 stores w_q VNNI-blocked (fasttrain.ops.quant); version 1
+    # (or a checkpoint without metadata) stored it row-major (N, Kp) and is repacked on load.
+    _version = qops.INT8_LAYOUT_VERSION
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         kp = qops._round_up(in_features, qops.ALIGN_K)
-        self.register_buffer("w_q", torch.zeros(out_features, kp, dtype=torch.int8))
+        npad = qops._round_up(out_features, qops.BLOCK_N)
+        self.register_buffer("w_q", torch.zeros(npad // qops.BLOCK_N, kp // 4, qops.BLOCK_N, 4, dtype=torch.int8))
         self.register_buffer("w_scale", torch.ones(out_features))
         self.register_buffer("w_sum", torch.zeros(out_features, dtype=torch.int32))
 
@@ -58,6 +63,22 @@ class _Int8(QuantizedLinear):
         if linear.bias is not None:
             m.bias = linear.bias.detach().float().clone()
         return m.to(linear.weight.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "w_q"
+        w_q = state_dict.get(key)
+        # The shape decides, not only the metadata version: state dicts re-saved through formats that drop
+        # torch's metadata (safetensors) still carry a 2-D version-1 tensor.
+        if isinstance(w_q, torch.Tensor) and w_q.dim() == 2:
+            expected = (self.out_features, qops._round_up(self.in_features, qops.ALIGN_K))
+            if tuple(w_q.shape) != expected:
+                raise RuntimeError(f"{type(self).__name__}: {key} has the version-1 (N, Kp) int8 layout but shape "
+                                   f"{tuple(w_q.shape)}; this layer needs {expected} (in_features={self.in_features}, "
+                                   f"out_features={self.out_features})")
+            state_dict[key] = qops.repack_int8_weight(w_q.contiguous())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 class Int8DynamicLinear(_Int8):

@@ -13,12 +13,14 @@ from fasttrain.ops import (
     quantize_int4_weight,
     quantize_int8_weight,
 )
+from fasttrain.ops.quant import repack_int8_weight
 from fasttrain.ops.reference import (
     dequantize_int4_reference,
     int4_weight_linear_reference,
     int8_dynamic_linear_reference,
     int8_weight_linear_reference,
     quantize_per_token_reference,
+    unblock_int8_reference,
 )
 
 MS = [1, 7, 33]
@@ -115,15 +117,35 @@ def test_leading_dims_are_kept(isa):
 def test_packers_round_trip():
     _, w, _ = make(1, 130, 5)
     w_q, w_scale, w_sum = quantize_int8_weight(w)
-    assert w_q.shape == (5, 192) and torch.all(w_q[:, 130:] == 0)
-    assert torch.equal(w_sum, w_q.sum(1, dtype=torch.int32))
+    assert w_q.shape == (1, 48, 16, 4)  # (Np / 16, Kp / 4, 16, 4): N = 5 padded to 16, K = 130 to 192
+    rows = unblock_int8_reference(w_q, 16)
+    assert torch.all(rows[:, 130:] == 0) and torch.all(rows[5:] == 0)
+    rows = rows[:5]
+    assert torch.equal(w_sum, rows.sum(1, dtype=torch.int32))
     # Half a quantization step is the largest rounding error of a symmetric round-to-nearest quantizer.
-    assert torch.all((w_q[:, :130].float() * w_scale[:, None] - w).abs() <= w_scale[:, None] / 2 + 1e-7)
+    assert torch.all((rows[:, :130].float() * w_scale[:, None] - w).abs() <= w_scale[:, None] / 2 + 1e-7)
     w_packed, s = quantize_int4_weight(w, 64)
     deq = dequantize_int4_reference(w_packed, s, 64)
     assert torch.all(deq[:, 130:] == 0)
     step = s.repeat_interleave(64, dim=1)[:, :130]
     assert torch.all((deq[:, :130] - w).abs() <= step / 2 + 1e-7)
+
+
+def test_int8_blocked_layout_and_version_1_repack():
+    # Element [b, k4, j, kk] of the VNNI-blocked layout is W[16 b + j, 4 k4 + kk] (csrc/quant/quant.h).
+    _, w, _ = make(1, 70, 37)
+    w_q, w_scale, w_sum = quantize_int8_weight(w)
+    rows = unblock_int8_reference(w_q, 37)
+    for n, k in [(0, 0), (5, 3), (17, 66), (36, 69), (33, 4)]:
+        assert w_q[n // 16, k // 4, n % 16, k % 4] == rows[n, k]
+    # A version-1 (row-major (N, Kp)) tensor repacks to the same bytes and is refused by the ops, naming the fix.
+    v1 = rows.contiguous()
+    assert v1.shape == (37, 128) and torch.equal(repack_int8_weight(v1), w_q)
+    assert repack_int8_weight(w_q) is w_q
+    with pytest.raises(ValueError, match="layout version 1.*repack_int8_weight"):
+        int8_weight_linear(torch.randn(2, 70), v1, w_scale)
+    with pytest.raises(ValueError, match="multiple of 64 columns"):
+        repack_int8_weight(v1[:, :70].contiguous())
 
 
 def test_per_token_quantization_is_symmetric_and_handles_zero_rows():
@@ -205,6 +227,6 @@ def test_non_contiguous_and_device_errors(packed):
     with pytest.raises(ValueError, match="`x` is not contiguous"):
         int8_dynamic_linear(torch.randn(130, 3).T, w_q, w_scale, w_sum, b)
     with pytest.raises(ValueError, match="`w_q` is not contiguous"):
-        int8_weight_linear(x, torch.zeros(192, 4, dtype=torch.int8).T, w_scale, b)
+        int8_weight_linear(x, torch.zeros(1, 48, 4, 16, dtype=torch.int8).transpose(2, 3), w_scale, b)
     with pytest.raises(ValueError, match="meta but x is on cpu"):
         int8_weight_linear(x, w_q, w_scale.to("meta"), b)
