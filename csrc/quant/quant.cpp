@@ -78,22 +78,8 @@ void int8_dynamic_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const
   // extra fork/join is a thread wake-up that can cost more than the layer.
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> row(static_cast<size_t>(Kp));
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) {
-      load_row(x, x_bf16, m, K, Kp, row.data());
-      float amax = 0.0f;
-      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[size_t(k)]));
-      // Symmetric per-token scale; an all-zero row quantizes to zeros (scale 0) instead of dividing by 0.
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      sx[size_t(m)] = amax / 127.0f;
-      uint8_t* q = xq.data() + m * Kp;
-      for (int64_t k = 0; k < Kp; ++k) {
-        float v = std::nearbyint(row[size_t(k)] * inv);  // round half to even, as torch.round
-        v = std::min(127.0f, std::max(-127.0f, v));
-        q[k] = uint8_t(int8_t(v)) + offset;  // u8 = q + 128 for VNNI (wraps correctly), else the s8 bits
-      }
-    }
+    for (int64_t m = 0; m < M; ++m) t.quant_rows(x, x_bf16, m, m + 1, K, Kp, xq.data(), sx.data(), offset);
     // (the implicit barrier of the loop above publishes xq and sx to every thread)
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b)

@@ -40,12 +40,20 @@ using W8Fn = void (*)(const float* x, const int8_t* w, const float* sw, const fl
 using W4Fn = void (*)(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
                       const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1);
 
+// Per-token symmetric int8 quantization of rows [m0, m1) of x (fp32 or bf16, K wide) into xq (Kp wide):
+// sx[m] = amax / 127, q = round_half_even(x * (127 / amax)) clamped to [-127, 127] (amax = 0: all zeros,
+// scale 0), stored as q + offset (offset 128: the u8 operand of vpdpbusd; 0: the int8 bits); the padding
+// columns hold the stored form of 0. Exactly fasttrain.ops.reference.quantize_per_token_reference.
+using QuantRowsFn = void (*)(const void* x, bool x_bf16, int64_t m0, int64_t m1, int64_t K, int64_t Kp, uint8_t* xq,
+                             float* sx, uint8_t offset);
+
 struct Table {
   const char* name;
   bool xq_unsigned;
   Int8DynFn int8_dyn;
   W8Fn w8;
   W4Fn w4;
+  QuantRowsFn quant_rows;
 };
 
 namespace scalar { const Table& table(); }

@@ -2,6 +2,9 @@
 // both operands to int16 and uses vpmaddwd, which is exact (vpmaddubsw would saturate int16 pairs).
 #include <immintrin.h>
 
+#include <cmath>
+
+#include "../simd_avx2.h"
 #include "quant.h"
 
 namespace ft::quant::avx2 {
@@ -147,10 +150,51 @@ void w4(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, c
   });
 }
 
+template <DType D>
+void quant_rows_t(const void* x, int64_t m0, int64_t m1, int64_t K, int64_t Kp, uint8_t* xq, float* sx,
+                  uint8_t offset) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const int64_t K8 = K / 8 * 8;
+  for (int64_t m = m0; m < m1; ++m) {
+    const int64_t base = m * K;
+    __m256 vmax = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K8; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(simd256::load<D>(x, base + k), absmask));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, vmax);
+    float amax = 0.0f;
+    for (float l : lanes) amax = std::max(amax, l);
+    for (int64_t k = K8; k < K; ++k) amax = std::max(amax, std::fabs(load_f32(x, base + k, D)));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    sx[m] = amax / 127.0f;
+    uint8_t* q = xq + m * Kp;
+    const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    const __m128i off = _mm_set1_epi8(char(offset));
+    for (int64_t k = 0; k < K8; k += 8) {
+      // Clamping before the round is the same as after: the bounds are integers. cvtps2dq rounds half to even.
+      const __m256 v = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(simd256::load<D>(x, base + k), vinv)));
+      const __m256i i32 = _mm256_cvtps_epi32(v);
+      const __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_add_epi8(_mm_packs_epi16(w16, w16), off));
+    }
+    for (int64_t k = K8; k < K; ++k) {
+      float v = std::nearbyint(load_f32(x, base + k, D) * inv);
+      v = std::min(127.0f, std::max(-127.0f, v));
+      q[k] = uint8_t(int8_t(v)) + offset;
+    }
+    for (int64_t k = K; k < Kp; ++k) q[k] = offset;
+  }
+}
+
+void quant_rows(const void* x, bool x_bf16, int64_t m0, int64_t m1, int64_t K, int64_t Kp, uint8_t* xq, float* sx,
+                uint8_t offset) {
+  if (x_bf16) quant_rows_t<DType::bf16>(x, m0, m1, K, Kp, xq, sx, offset);
+  else quant_rows_t<DType::f32>(x, m0, m1, K, Kp, xq, sx, offset);
+}
+
 }  // namespace
 
 const Table& table() {
-  static const Table t{"avx2", false, int8_dyn, w8, w4};
+  static const Table t{"avx2", false, int8_dyn, w8, w4, quant_rows};
   return t;
 }
 

@@ -7,6 +7,9 @@
 // (the usual trick, as in oneDNN / FBGEMM; written here from the identity).
 #include <immintrin.h>
 
+#include <cmath>
+
+#include "../simd_avx512.h"
 #include "quant.h"
 
 namespace ft::quant::avx512vnni {
@@ -43,6 +46,13 @@ inline void for_block_tiles(int64_t M, int64_t b0, int64_t b1, F&& f) {
   }
 }
 
+// vpdpbusd accumulating in place. GCC 12's intrinsic makes a register copy of the accumulator before every
+// vpdpbusd and keeps a 6 x 4 tile's accumulators in memory (stored on every k step); the tied "+v" operand
+// keeps each accumulator in one register.
+inline void dpbusd(__m512i& acc, __m512i u8, __m512i s8) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+}
+
 // MR rows x NB blocks; U independent accumulator sets over alternating k4 steps (for MR = 1 there would be
 // only NB dependency chains, fewer than vpdpbusd's latency x throughput).
 template <int MR, int NB>
@@ -51,32 +61,44 @@ inline void dyn_tile(const uint8_t* x, const float* sx, const int8_t* w, const f
   constexpr int U = MR <= 2 ? 2 : 1;
   const int64_t K4 = Kp / 4;
   __m512i acc[U][MR][NB];
+#pragma GCC unroll 8
   for (int u = 0; u < U; ++u)
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) acc[u][i][j] = _mm512_setzero_si512();
   const int8_t* wb[NB];
+#pragma GCC unroll 8
   for (int j = 0; j < NB; ++j) wb[j] = w + (b0 + j) * K4 * 64;
   const int32_t* xr[MR];
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) xr[i] = reinterpret_cast<const int32_t*>(x + (m0 + i) * Kp);
   for (int64_t k4 = 0; k4 < K4; k4 += U) {
+#pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
       __m512i wv[NB];
+#pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) {
         // Batch 1 streams the weights from memory: fetch ~1 KB ahead of each block's stream.
         if constexpr (MR <= 2) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + (k4 + u) * 64 + 1024), _MM_HINT_T0);
         wv[j] = _mm512_loadu_si512(wb[j] + (k4 + u) * 64);
       }
+#pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const __m512i xv = _mm512_set1_epi32(xr[i][k4 + u]);
-        for (int j = 0; j < NB; ++j) acc[u][i][j] = _mm512_dpbusd_epi32(acc[u][i][j], xv, wv[j]);
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) dpbusd(acc[u][i][j], xv, wv[j]);
       }
     }
   }
+  // (Fully unrolled: a rolled epilogue makes GCC keep acc[][] in memory and store it on every k step.)
+#pragma GCC unroll 8
   for (int j = 0; j < NB; ++j) {
     const int64_t n = (b0 + j) * 16;
     const __mmask16 mk = tail_mask(n, N);
     const __m512 cs = _mm512_maskz_loadu_ps(mk, sw + n);
     const __m512i excess = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mk, wsum + n), 7);  // 128 * wsum
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       __m512i a = acc[0][i][j];
       if constexpr (U == 2) a = _mm512_add_epi32(a, acc[1][i][j]);
@@ -105,6 +127,7 @@ void int8_dyn(const void* xq, const float* sx, const int8_t* w, const float* sw,
 inline __m512i top_byte_ctrl(int kk) {
   alignas(64) int8_t c[64];
   // vpshufb indexes within each 128-bit lane: byte 4j + kk of that lane; -128 (bit 7 set) writes a zero.
+#pragma GCC unroll 8
   for (int i = 0; i < 64; ++i) c[i] = (i % 4 == 3) ? int8_t(((i % 16) / 4) * 4 + kk) : int8_t(-128);
   return _mm512_load_si512(c);
 }
@@ -117,39 +140,54 @@ inline void w8_tile(const float* x, const int8_t* w, const float* sw, const floa
   const int64_t K4 = Kp / 4;
   const __m512i ctrl[4] = {top_byte_ctrl(0), top_byte_ctrl(1), top_byte_ctrl(2), top_byte_ctrl(3)};
   __m512 tot[MR][NB];
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
     for (int j = 0; j < NB; ++j) tot[i][j] = _mm512_setzero_ps();
   const int8_t* wb[NB];
+#pragma GCC unroll 8
   for (int j = 0; j < NB; ++j) wb[j] = w + (b0 + j) * K4 * 64;
   for (int64_t c0 = 0; c0 < K4; c0 += kChunkK4) {
     const int64_t c1 = std::min(K4, c0 + kChunkK4);
     // Two accumulator sets (even / odd k) per output: two FMA chains, and the sum of each set is short.
     __m512 acc[2][MR][NB];
+#pragma GCC unroll 8
     for (int u = 0; u < 2; ++u)
+#pragma GCC unroll 8
       for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
         for (int j = 0; j < NB; ++j) acc[u][i][j] = _mm512_setzero_ps();
     for (int64_t k4 = c0; k4 < c1; ++k4) {
       __m512i raw[NB];
+#pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) {
         if constexpr (MR == 1) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + k4 * 64 + 1024), _MM_HINT_T0);
         raw[j] = _mm512_loadu_si512(wb[j] + k4 * 64);
       }
+#pragma GCC unroll 8
       for (int kk = 0; kk < 4; ++kk) {
         __m512 wv[NB];
+#pragma GCC unroll 8
         for (int j = 0; j < NB; ++j) wv[j] = _mm512_cvtepi32_ps(_mm512_shuffle_epi8(raw[j], ctrl[kk]));
+#pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
           const __m512 xv = _mm512_set1_ps(x[(m0 + i) * Kp + 4 * k4 + kk]);
+#pragma GCC unroll 8
           for (int j = 0; j < NB; ++j) acc[kk & 1][i][j] = _mm512_fmadd_ps(xv, wv[j], acc[kk & 1][i][j]);
         }
       }
     }
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) tot[i][j] = _mm512_add_ps(tot[i][j], _mm512_add_ps(acc[0][i][j], acc[1][i][j]));
   }
+#pragma GCC unroll 8
   for (int j = 0; j < NB; ++j) {
     const int64_t n = (b0 + j) * 16;
     const __mmask16 mk = tail_mask(n, N);
     const __m512 cs = _mm512_maskz_loadu_ps(mk, sw + n);
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) store_cols(y + (m0 + i) * N + n, bias, tot[i][j], cs, 0x1p-24f, n, N, mk);
   }
 }
@@ -293,11 +331,42 @@ void w4_bf16(const float* x, const uint16_t* xb, const float* xg, const uint8_t*
   else for_tiles<4, 2>(M, n0, n1, body);
 }
 
+template <DType D>
+void quant_rows_t(const void* x, int64_t m0, int64_t m1, int64_t K, int64_t Kp, uint8_t* xq, float* sx,
+                  uint8_t offset) {
+  using simd512::mask_for;
+  for (int64_t m = m0; m < m1; ++m) {
+    const int64_t base = m * K;
+    __m512 vmax = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(simd512::load<D>(x, base + k, mask_for(K - k))));
+    const float amax = _mm512_reduce_max_ps(vmax);
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    sx[m] = amax / 127.0f;
+    uint8_t* q = xq + m * Kp;
+    const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    const __m128i off = _mm_set1_epi8(char(offset));
+    // Padding columns (K..Kp) read x as 0 through the mask and store the stored form of 0.
+    for (int64_t k = 0; k < Kp; k += 16) {
+      const __mmask16 mk = k < K ? mask_for(K - k) : __mmask16(0);
+      // Clamping before the round is the same as after: the bounds are integers. cvtps2dq rounds half to even.
+      const __m512 v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(simd512::load<D>(x, base + k, mk), vinv)));
+      const __m128i b = _mm_add_epi8(_mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)), off);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), b);
+    }
+  }
+}
+
+void quant_rows(const void* x, bool x_bf16, int64_t m0, int64_t m1, int64_t K, int64_t Kp, uint8_t* xq, float* sx,
+                uint8_t offset) {
+  if (x_bf16) quant_rows_t<DType::bf16>(x, m0, m1, K, Kp, xq, sx, offset);
+  else quant_rows_t<DType::f32>(x, m0, m1, K, Kp, xq, sx, offset);
+}
+
 }  // namespace
 
 const Table& table(bool bf16) {
-  static const Table with_bf16{"avx512vnni+bf16", true, int8_dyn, w8, w4_bf16};
-  static const Table without{"avx512vnni", true, int8_dyn, w8, w4_f32};
+  static const Table with_bf16{"avx512vnni+bf16", true, int8_dyn, w8, w4_bf16, quant_rows};
+  static const Table without{"avx512vnni", true, int8_dyn, w8, w4_f32, quant_rows};
   return bf16 ? with_bf16 : without;
 }
 

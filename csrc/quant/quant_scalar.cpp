@@ -1,5 +1,8 @@
 // Portable quantized linear kernels: the definition the SIMD paths must match, and the fallback on
 // CPUs without AVX2.
+#include <cmath>
+
+#include "../common.h"
 #include "quant.h"
 
 namespace ft::quant::scalar {
@@ -55,10 +58,29 @@ void w4(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, c
   }
 }
 
+void quant_rows(const void* x, bool x_bf16, int64_t m0, int64_t m1, int64_t K, int64_t Kp, uint8_t* xq, float* sx,
+                uint8_t offset) {
+  const DType dt = x_bf16 ? DType::bf16 : DType::f32;
+  for (int64_t m = m0; m < m1; ++m) {
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(load_f32(x, m * K + k, dt)));
+    // Symmetric per-token scale; an all-zero row quantizes to zeros (scale 0) instead of dividing by 0.
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    sx[m] = amax / 127.0f;
+    uint8_t* q = xq + m * Kp;
+    for (int64_t k = 0; k < K; ++k) {
+      float v = std::nearbyint(load_f32(x, m * K + k, dt) * inv);  // round half to even, as torch.round
+      v = std::min(127.0f, std::max(-127.0f, v));
+      q[k] = uint8_t(int8_t(v)) + offset;  // u8 = q + 128 for VNNI (wraps correctly), else the s8 bits
+    }
+    for (int64_t k = K; k < Kp; ++k) q[k] = offset;
+  }
+}
+
 }  // namespace
 
 const Table& table() {
-  static const Table t{"scalar", false, int8_dyn, w8, w4};
+  static const Table t{"scalar", false, int8_dyn, w8, w4, quant_rows};
   return t;
 }
 
