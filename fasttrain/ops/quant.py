@@ -140,15 +140,40 @@ def _ptr(t: torch.Tensor | None) -> int:
 # torch.library ops: 2-D x, packed weights as produced by the packers below.
 
 
-@torch.library.custom_op("fasttrain::int8_dynamic_linear", mutates_args=(), device_types="cpu")
-def _int8_dynamic_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
-                     bias: torch.Tensor | None) -> torch.Tensor:
-    _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
+# CPU kernel calls on checked arguments: the bodies of the CPU ops, and the eager fast path of the
+# fasttrain.quant modules (which check their buffers once, not on every call; see QuantizedLinear.forward).
+
+
+def _int8_dynamic_cpu(x, w_q, w_scale, w_sum, bias):
     (M, K), N, Kp = x.shape, w_scale.shape[0], 4 * w_q.shape[1]
     y = _out(x, N)
     _C.quant.int8_dynamic_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
                                  w_sum.data_ptr(), _ptr(bias), y.data_ptr(), N, Kp, num_threads())
     return y.to(x.dtype)
+
+
+def _int8_weight_cpu(x, w_q, w_scale, bias):
+    (M, K), N, Kp = x.shape, w_scale.shape[0], 4 * w_q.shape[1]
+    y = _out(x, N)
+    _C.quant.int8_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
+                                _ptr(bias), y.data_ptr(), N, Kp, num_threads())
+    return y.to(x.dtype)
+
+
+def _int4_weight_cpu(x, w_packed, w_scale, group_size, bias):
+    (M, K), N = x.shape, w_packed.shape[0]
+    y = _out(x, N)
+    _C.quant.int4_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_packed.data_ptr(),
+                                w_scale.data_ptr(), w_scale.dtype == torch.bfloat16, group_size, _ptr(bias),
+                                y.data_ptr(), N, 2 * w_packed.shape[1], num_threads())
+    return y.to(x.dtype)
+
+
+@torch.library.custom_op("fasttrain::int8_dynamic_linear", mutates_args=(), device_types="cpu")
+def _int8_dynamic_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
+    return _int8_dynamic_cpu(x, w_q, w_scale, w_sum, bias)
 
 
 @_int8_dynamic_op.register_fake
@@ -169,11 +194,7 @@ def _(x, w_q, w_scale, w_sum, bias):
 def _int8_weight_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
                     bias: torch.Tensor | None) -> torch.Tensor:
     _check_int8("fasttrain.ops.int8_weight_linear", x, w_q, w_scale, bias)
-    (M, K), N, Kp = x.shape, w_scale.shape[0], 4 * w_q.shape[1]
-    y = _out(x, N)
-    _C.quant.int8_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
-                                _ptr(bias), y.data_ptr(), N, Kp, num_threads())
-    return y.to(x.dtype)
+    return _int8_weight_cpu(x, w_q, w_scale, bias)
 
 
 @_int8_weight_op.register_fake
@@ -194,12 +215,7 @@ def _(x, w_q, w_scale, bias):
 def _int4_weight_op(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int,
                     bias: torch.Tensor | None) -> torch.Tensor:
     _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
-    (M, K), N = x.shape, w_packed.shape[0]
-    y = _out(x, N)
-    _C.quant.int4_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_packed.data_ptr(),
-                                w_scale.data_ptr(), w_scale.dtype == torch.bfloat16, group_size, _ptr(bias),
-                                y.data_ptr(), N, 2 * w_packed.shape[1], num_threads())
-    return y.to(x.dtype)
+    return _int4_weight_cpu(x, w_packed, w_scale, group_size, bias)
 
 
 @_int4_weight_op.register_fake

@@ -24,14 +24,37 @@ class QuantizedLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
+    _checked = None  # (data_ptr, version) of every buffer when they last passed the op layer's checks
+
     def _compute(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _compute_cpu(self, x2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The CPU kernel on checked buffers: x2 (M, in_features) contiguous fp32/bf16 -> (M, out_features)."""
+        raise NotImplementedError
+
+    def _buffers_key(self) -> tuple:
+        return tuple((b.data_ptr(), b._version, b.device) for b in self._buffers.values() if b is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         if dtype not in (torch.float32, torch.bfloat16):
             x = x.float()
-        y = self._compute(x.contiguous())
+        x = x.contiguous()
+        # Eager CPU fast path: at batch 1 a layer's kernel takes ~50-100 us, and the torch.library dispatch
+        # plus per-call argument checks cost ~30 us of it. The buffers are checked (through the op) on the
+        # first call and again whenever one is replaced or modified in place (data_ptr / version change);
+        # traced or compiled code, autograd inputs and CUDA take the op.
+        if (x.device.type == "cpu" and x.dim() >= 1 and x.shape[-1] == self.in_features
+                and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled())):
+            key = self._buffers_key()
+            if key == self._checked:
+                y = self._compute_cpu(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+                return y if y.dtype == dtype else y.to(dtype)
+            y = self._compute(x)
+            self._checked = key
+        else:
+            y = self._compute(x)
         return y if y.dtype == dtype else y.to(dtype)
 
     def weight_bytes(self) -> int:
@@ -89,6 +112,9 @@ class Int8DynamicLinear(_Int8):
     def _compute(self, x):
         return qops.int8_dynamic_linear(x, self.w_q, self.w_scale, self.w_sum, self.bias)
 
+    def _compute_cpu(self, x2):
+        return qops._int8_dynamic_cpu(x2, self.w_q, self.w_scale, self.w_sum, self.bias)
+
 
 class Int8WeightLinear(_Int8):
     """int8 weights (per output channel), fp32 arithmetic."""
@@ -97,6 +123,9 @@ class Int8WeightLinear(_Int8):
 
     def _compute(self, x):
         return qops.int8_weight_linear(x, self.w_q, self.w_scale, self.bias)
+
+    def _compute_cpu(self, x2):
+        return qops._int8_weight_cpu(x2, self.w_q, self.w_scale, self.bias)
 
 
 class Int4WeightLinear(QuantizedLinear):
@@ -122,6 +151,9 @@ class Int4WeightLinear(QuantizedLinear):
 
     def _compute(self, x):
         return qops.int4_weight_linear(x, self.w_packed, self.w_scale, self.group_size, self.bias)
+
+    def _compute_cpu(self, x2):
+        return qops._int4_weight_cpu(x2, self.w_packed, self.w_scale, self.group_size, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}, scale_dtype={self.w_scale.dtype}"
