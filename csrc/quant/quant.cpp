@@ -81,7 +81,9 @@ void int8_dynamic_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m) t.quant_rows(x, x_bf16, m, m + 1, K, Kp, xq.data(), sx.data(), offset);
     // (the implicit barrier of the loop above publishes xq and sx to every thread)
-#pragma omp for schedule(static)
+    // Guided: large contiguous chunks first (sequential weight streams for batch 1), then smaller ones, so
+    // when one thread wakes late on a shared box the other takes its remaining panels instead of waiting.
+#pragma omp for schedule(guided)
     for (int64_t b = 0; b < blocks; ++b)
       t.int8_dyn(xq.data(), sx.data(), w, sw, wsum, bias, y, M, N, Kp, b * kPanelN, std::min(N, (b + 1) * kPanelN));
   }
