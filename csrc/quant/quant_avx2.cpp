@@ -10,13 +10,6 @@
 namespace ft::quant::avx2 {
 namespace {
 
-inline float hsum_ps(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // int8 weights are VNNI-blocked (quant.h): per block of 16 columns, each k4 step is 64 bytes, 4 bytes
 // (4 consecutive k) per column. AVX2 has no vpdpbusd: 16 bytes (4 columns) widen to int16 and vpmaddwd
 // against the 4 activations repeated 4 times gives, per column, two int32 pair sums.
@@ -102,52 +95,48 @@ void w8(const float* x, const int8_t* w, const float* sw, const float* bias, flo
     for (int64_t m = 0; m < M; ++m) w8_row_block(x + m * Kp, w, sw, bias, y + m * N, N, Kp, b);
 }
 
-template <int MR, int NR>
-inline void w4_tile(const float* x, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
-                    const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t n0) {
-  const int64_t G = Kp / group, row_bytes = Kp / 2;
-  const __m256i lo_mask = _mm256_set1_epi32(15);
-  float total[MR][NR] = {};
+// int4 weights x 16-bit activations: each 16-byte quarter of a 64-byte step (4 columns x 8 k) unpacks to
+// two int16 vectors (low nibbles: k 0-3, high: k 4-7) minus 8, and vpmaddwd against the activations
+// repeated 4 times gives exact int32 pair sums (|q u| <= 32639 * 8; group <= 4096 keeps them in int32).
+void w4_row_block(const int16_t* xq, const uint8_t* w, const void* s, bool s_bf16, int64_t group, const float* bias,
+                  float* yr, float sx, int64_t N, int64_t Kp, int64_t b) {
+  const int64_t K8 = Kp / 8, G = Kp / group, P = group / 8;
+  const uint8_t* wb = w + b * K8 * 64;
+  const __m128i nib = _mm_set1_epi8(15);
+  const __m256i eight = _mm256_set1_epi16(8);
+  float tot[16] = {};
   for (int64_t g = 0; g < G; ++g) {
-    __m256 lo[MR][NR], hi[MR][NR];
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) lo[i][j] = _mm256_setzero_ps(), hi[i][j] = _mm256_setzero_ps();
-    // Each 32-value block is 16 bytes; bytes [8h, 8h + 8) hold values 8h.. (low) and 16 + 8h.. (high).
-    for (int64_t b = g * group; b < (g + 1) * group; b += 32) {
-      for (int h = 0; h < 2; ++h) {
-        __m256 wl[NR], wh[NR];
-        for (int j = 0; j < NR; ++j) {
-          const __m256i u = _mm256_cvtepu8_epi32(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + (n0 + j) * row_bytes + b / 2 + 8 * h)));
-          wl[j] = _mm256_cvtepi32_ps(_mm256_and_si256(u, lo_mask));
-          wh[j] = _mm256_cvtepi32_ps(_mm256_srli_epi32(u, 4));
-        }
-        for (int i = 0; i < MR; ++i) {
-          const __m256 x0 = _mm256_loadu_ps(x + (m0 + i) * Kp + b + 8 * h);
-          const __m256 x1 = _mm256_loadu_ps(x + (m0 + i) * Kp + b + 16 + 8 * h);
-          for (int j = 0; j < NR; ++j) {
-            lo[i][j] = _mm256_fmadd_ps(x0, wl[j], lo[i][j]);
-            hi[i][j] = _mm256_fmadd_ps(x1, wh[j], hi[i][j]);
-          }
-        }
+    __m256i acc[4];
+    for (int c = 0; c < 4; ++c) acc[c] = _mm256_setzero_si256();
+    for (int64_t p = g * P; p < (g + 1) * P; ++p) {
+      const __m256i x0 = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(xq + 8 * p));      // k 8p..8p+3
+      const __m256i x1 = _mm256_set1_epi64x(*reinterpret_cast<const int64_t*>(xq + 8 * p + 4));  // k 8p+4..8p+7
+      for (int c = 0; c < 4; ++c) {
+        const __m128i r = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + p * 64 + 16 * c));
+        const __m256i lo = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(r, nib)), eight);
+        const __m256i hi = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(r, 4), nib)), eight);
+        acc[c] = _mm256_add_epi32(acc[c], _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1)));
       }
     }
-    for (int j = 0; j < NR; ++j) {
-      const float sc = load_scale(s, (n0 + j) * G + g, s_bf16);
-      for (int i = 0; i < MR; ++i)
-        total[i][j] += sc * (hsum_ps(_mm256_add_ps(lo[i][j], hi[i][j])) - 8.0f * xg[(m0 + i) * G + g]);
+    for (int c = 0; c < 4; ++c) {
+      alignas(32) int32_t part[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(part), acc[c]);
+      for (int q = 0; q < 4; ++q) {
+        const int64_t n = b * 16 + 4 * c + q;
+        if (n < N) tot[4 * c + q] += float(part[2 * q] + part[2 * q + 1]) * load_scale(s, n * G + g, s_bf16);
+      }
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) y[(m0 + i) * N + n0 + j] = total[i][j] + (bias ? bias[n0 + j] : 0.0f);
+  for (int j = 0; j < 16 && b * 16 + j < N; ++j) {
+    const int64_t n = b * 16 + j;
+    yr[n] = tot[j] * sx + (bias ? bias[n] : 0.0f);
+  }
 }
 
-void w4(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
-        const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
-  (void)xb;  // the bf16 copy of x is for the AVX-512 BF16 kernel; x holds the same (bf16-rounded) values
-  for_tiles<1, 2>(M, n0, n1, [&](auto mr, auto nr, int64_t m0, int64_t nn) {
-    w4_tile<decltype(mr)::value, decltype(nr)::value>(x, xg, w, s, s_bf16, group, bias, y, N, Kp, m0, nn);
-  });
+void w4(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t group, const float* bias, float* y,
+        int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
+  for (int64_t b = n0 / 16; b < (n1 + 15) / 16; ++b)
+    for (int64_t m = 0; m < M; ++m) w4_row_block(x.q + m * Kp, w, s, s_bf16, group, bias, y + m * N, x.sx[m], N, Kp, b);
 }
 
 template <DType D>

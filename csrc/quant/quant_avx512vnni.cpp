@@ -1,6 +1,6 @@
-// AVX-512 quantized linear kernels: int8 x int8 with VNNI (vpdpbusd), int8 / int4 weights with fp32
-// activations via widening converts + FMA. Compiled with VNNI + BF16 flags (CMakeLists.txt); quant.cpp
-// calls these only after __builtin_cpu_supports("avx512vnni").
+// AVX-512 quantized linear kernels: int8 x int8 and int4 x 16-bit activations with VNNI (vpdpbusd), int8
+// weights with fp32 activations via shuffle + convert + FMA. Compiled with VNNI + BF16 flags
+// (CMakeLists.txt); quant.cpp calls these only after __builtin_cpu_supports("avx512vnni").
 //
 // vpdpbusd multiplies unsigned bytes by signed bytes, so activations are stored as u = q + 128 and
 // sum_k u w = sum_k q w + 128 * sum_k w: the driver passes the weight row sums to undo the excess
@@ -206,132 +206,93 @@ void w8(const float* x, const int8_t* w, const float* sw, const float* bias, flo
   else for_block_tiles<3, 2>(M, b0, b1, body);
 }
 
-template <int MR, int NR>
-inline void w4_tile(const float* x, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
-                    const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t n0) {
-  const int64_t G = Kp / group, row_bytes = Kp / 2;
-  const __m512i lo_mask = _mm512_set1_epi32(15);
-  __m512 facc[MR][NR];
-  float corr[MR][NR];
+// int4 weights x 16-bit activations through vpdpbusd: the nibbles u = q + 8 are the unsigned operand, the
+// activation bytes h and l (q_x = 256 h + l) the signed one. One 64-byte load holds two 4-k steps of 16
+// columns (low / high nibbles): and + shift + and unpack them, 4 vpdpbusd consume them (h and l of each
+// step). Group sums stay exact in int32 (|256 sum h u| <= 256 * 15 * 127 * group < 2^31 for group <= 4096);
+// each group ends with t = 256 Hsum + Lsum - 8 xs, one convert and one FMA with the 16 columns' scales.
+template <int MR, int NB>
+inline void w4_tile(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
+                    const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t b0) {
+  const int64_t K8 = Kp / 8, G = Kp / group, P = group / 8;  // P: 64-byte steps per group
+  const __m512i nib = _mm512_set1_epi8(15);
+  __m512 tot[MR][NB];
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) facc[i][j] = _mm512_setzero_ps(), corr[i][j] = 0.0f;
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) tot[i][j] = _mm512_setzero_ps();
+  const uint8_t* wb[NB];
+#pragma GCC unroll 8
+  for (int j = 0; j < NB; ++j) wb[j] = w + (b0 + j) * K8 * 64;
+  const int32_t* xh[MR];
+  const int32_t* xl[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    xh[i] = reinterpret_cast<const int32_t*>(x.h + (m0 + i) * Kp);
+    xl[i] = reinterpret_cast<const int32_t*>(x.l + (m0 + i) * Kp);
+  }
   for (int64_t g = 0; g < G; ++g) {
-    // Separate accumulators for the low and high nibbles: two independent FMA chains per output.
-    __m512 lo[MR][NR], hi[MR][NR];
+    __m512i ah[MR][NB], al[MR][NB];
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) lo[i][j] = _mm512_setzero_ps(), hi[i][j] = _mm512_setzero_ps();
-    for (int64_t b = g * group; b < (g + 1) * group; b += 32) {
-      __m512 wl[NR], wh[NR];
-      for (int j = 0; j < NR; ++j) {
-        const __m512i u = _mm512_cvtepu8_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (n0 + j) * row_bytes + b / 2)));
-        wl[j] = _mm512_cvtepi32_ps(_mm512_and_si512(u, lo_mask));
-        wh[j] = _mm512_cvtepi32_ps(_mm512_srli_epi32(u, 4));
+#pragma GCC unroll 8
+      for (int j = 0; j < NB; ++j) ah[i][j] = _mm512_setzero_si512(), al[i][j] = _mm512_setzero_si512();
+    for (int64_t p = g * P; p < (g + 1) * P; ++p) {
+      __m512i lo[NB], hi[NB];
+#pragma GCC unroll 8
+      for (int j = 0; j < NB; ++j) {
+        if constexpr (MR <= 2) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + p * 64 + 1024), _MM_HINT_T0);
+        const __m512i v = _mm512_loadu_si512(wb[j] + p * 64);
+        lo[j] = _mm512_and_si512(v, nib);
+        hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
       }
+#pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
-        const __m512 x0 = _mm512_loadu_ps(x + (m0 + i) * Kp + b);
-        const __m512 x1 = _mm512_loadu_ps(x + (m0 + i) * Kp + b + 16);
-        for (int j = 0; j < NR; ++j) {
-          lo[i][j] = _mm512_fmadd_ps(x0, wl[j], lo[i][j]);
-          hi[i][j] = _mm512_fmadd_ps(x1, wh[j], hi[i][j]);
+        // 4-byte groups of x at k = 8p (low nibbles) and 8p + 4 (high nibbles): int32 index 2p and 2p + 1.
+        const __m512i h0 = _mm512_set1_epi32(xh[i][2 * p]), h1 = _mm512_set1_epi32(xh[i][2 * p + 1]);
+        const __m512i l0 = _mm512_set1_epi32(xl[i][2 * p]), l1 = _mm512_set1_epi32(xl[i][2 * p + 1]);
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) {
+          dpbusd(ah[i][j], lo[j], h0);
+          dpbusd(al[i][j], lo[j], l0);
+          dpbusd(ah[i][j], hi[j], h1);
+          dpbusd(al[i][j], hi[j], l1);
         }
       }
     }
-    for (int j = 0; j < NR; ++j) {
-      const float sc = load_scale(s, (n0 + j) * G + g, s_bf16);
-      const __m512 sv = _mm512_set1_ps(sc);
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+      const int64_t n = (b0 + j) * 16;
+      alignas(64) float sc[16];
+      for (int c = 0; c < 16; ++c) sc[c] = n + c < N ? load_scale(s, (n + c) * G + g, s_bf16) : 0.0f;
+      const __m512 sv = _mm512_load_ps(sc);
+#pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
-        facc[i][j] = _mm512_fmadd_ps(sv, _mm512_add_ps(lo[i][j], hi[i][j]), facc[i][j]);
-        corr[i][j] += sc * xg[(m0 + i) * G + g];
+        const __m512i corr = _mm512_set1_epi32(8 * x.xs[(m0 + i) * G + g]);
+        const __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(ah[i][j], 8), al[i][j]), corr);
+        tot[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sv, tot[i][j]);
       }
     }
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      const int64_t n = n0 + j;
-      y[(m0 + i) * N + n] = _mm512_reduce_add_ps(facc[i][j]) - 8.0f * corr[i][j] + (bias ? bias[n] : 0.0f);
-    }
-}
-
-void w4_f32(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16,
-            int64_t group, const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
-  (void)xb;
-  auto body = [&](auto mr, auto nr, int64_t m0, int64_t nn) {
-    w4_tile<decltype(mr)::value, decltype(nr)::value>(x, xg, w, s, s_bf16, group, bias, y, N, Kp, m0, nn);
-  };
-  // Batch 1 reads 4 weight rows per activation load; larger batches reuse each unpacked weight vector
-  // across 4 rows of x. Both keep 3 * MR * NR accumulators plus temporaries within 32 registers.
-  if (M == 1) for_tiles<1, 4>(M, n0, n1, body);
-  else for_tiles<4, 2>(M, n0, n1, body);
-}
-
-// int4 through AVX-512 BF16: one vdpbf16ps does 32 multiply-adds (exact bf16 products, fp32 sums), and the
-// nibbles become bf16 with a table lookup instead of two int->float converts, about 5 instructions per 32
-// weights instead of 7 plus half the FMAs. The 16 bytes of a block are broadcast to both halves of a
-// 32-word vector, the upper half shifted right by 4, and vpermw maps each word's low 5 bits through a
-// 32-entry table whose entry i is bf16(i & 15): the low half thereby ignores the high nibble's bit 4.
-alignas(64) const uint16_t kNibbleBf16[32] = {
-    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0x4100, 0x4110, 0x4120, 0x4130, 0x4140, 0x4150,
-    0x4160, 0x4170, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0x4100, 0x4110, 0x4120, 0x4130,
-    0x4140, 0x4150, 0x4160, 0x4170};
-
-inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
-
-template <int MR, int NR>
-inline void w4bf_tile(const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16,
-                      int64_t group, const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t n0) {
-  const int64_t G = Kp / group, row_bytes = Kp / 2;
-  const __m512i lut = _mm512_load_si512(kNibbleBf16);
-  const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-  __m512 facc[MR][NR];
-  float corr[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) facc[i][j] = _mm512_setzero_ps(), corr[i][j] = 0.0f;
-  for (int64_t g = 0; g < G; ++g) {
-    // Two accumulators per output (even / odd blocks): vdpbf16ps has a long latency.
-    __m512 acc[2][MR][NR];
-    for (int u = 0; u < 2; ++u)
-      for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NR; ++j) acc[u][i][j] = _mm512_setzero_ps();
-    for (int64_t b = g * group; b < (g + 1) * group; b += 64) {
-      for (int u = 0; u < 2; ++u) {
-        const int64_t bb = b + 32 * u;
-        __m512i wv[NR];
-        for (int j = 0; j < NR; ++j) {
-          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (n0 + j) * row_bytes + bb / 2));
-          const __m512i words = _mm512_srlv_epi16(_mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(bytes)), shift);
-          wv[j] = _mm512_permutexvar_epi16(words, lut);
-        }
-        for (int i = 0; i < MR; ++i) {
-          const __m512i xv = _mm512_loadu_si512(xb + (m0 + i) * Kp + bb);
-          for (int j = 0; j < NR; ++j) acc[u][i][j] = _mm512_dpbf16_ps(acc[u][i][j], as_bh(xv), as_bh(wv[j]));
-        }
-      }
-    }
-    for (int j = 0; j < NR; ++j) {
-      const float sc = load_scale(s, (n0 + j) * G + g, s_bf16);
-      const __m512 sv = _mm512_set1_ps(sc);
-      for (int i = 0; i < MR; ++i) {
-        facc[i][j] = _mm512_fmadd_ps(sv, _mm512_add_ps(acc[0][i][j], acc[1][i][j]), facc[i][j]);
-        corr[i][j] += sc * xg[(m0 + i) * G + g];
-      }
-    }
+#pragma GCC unroll 8
+  for (int j = 0; j < NB; ++j) {
+    const int64_t n = (b0 + j) * 16;
+    const __mmask16 mk = tail_mask(n, N);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) store_cols(y + (m0 + i) * N + n, bias, tot[i][j], _mm512_set1_ps(1.0f), x.sx[m0 + i], n, N, mk);
   }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      const int64_t n = n0 + j;
-      y[(m0 + i) * N + n] = _mm512_reduce_add_ps(facc[i][j]) - 8.0f * corr[i][j] + (bias ? bias[n] : 0.0f);
-    }
 }
 
-void w4_bf16(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16,
-             int64_t group, const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
-  (void)x;
-  auto body = [&](auto mr, auto nr, int64_t m0, int64_t nn) {
-    w4bf_tile<decltype(mr)::value, decltype(nr)::value>(xb, xg, w, s, s_bf16, group, bias, y, N, Kp, m0, nn);
+void w4(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t group, const float* bias, float* y,
+        int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
+  const int64_t b0 = n0 / 16, b1 = (n1 + 15) / 16;
+  auto body = [&](auto mr, auto nb, int64_t m0, int64_t bb) {
+    w4_tile<decltype(mr)::value, decltype(nb)::value>(x, w, s, s_bf16, group, bias, y, N, Kp, m0, bb);
   };
-  if (M == 1) for_tiles<1, 4>(M, n0, n1, body);
-  else for_tiles<4, 2>(M, n0, n1, body);
+  // Registers: 2 * MR * NB int32 + MR * NB fp32 accumulators, 2 * NB unpacked weights, 4 broadcasts.
+  // Batch 1: 2 blocks (8 dependency chains); larger batches 3 x 2 (24 accumulators).
+  if (M <= 2) for_block_tiles<2, 2>(M, b0, b1, body);
+  else for_block_tiles<3, 2>(M, b0, b1, body);
 }
 
 template <DType D>
@@ -367,10 +328,9 @@ void quant_rows(const void* x, bool x_bf16, int64_t m0, int64_t m1, int64_t K, i
 
 }  // namespace
 
-const Table& table(bool bf16) {
-  static const Table with_bf16{"avx512vnni+bf16", true, int8_dyn, w8, w4_bf16, quant_rows};
-  static const Table without{"avx512vnni", true, int8_dyn, w8, w4_f32, quant_rows};
-  return bf16 ? with_bf16 : without;
+const Table& table() {
+  static const Table t{"avx512vnni", true, int8_dyn, w8, w4, quant_rows};
+  return t;
 }
 
 }  // namespace ft::quant::avx512vnni

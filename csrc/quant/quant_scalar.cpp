@@ -34,26 +34,19 @@ void w8(const float* x, const int8_t* w, const float* sw, const float* bias, flo
   }
 }
 
-void w4(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
-        const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
-  (void)xb;  // the bf16 copy of x is for the AVX-512 BF16 kernel; x holds the same (bf16-rounded) values
+void w4(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t group, const float* bias, float* y,
+        int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1) {
   const int64_t G = Kp / group;
   for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* wr = w + n * (Kp / 2);
     for (int64_t m = 0; m < M; ++m) {
-      const float* xr = x + m * Kp;
+      const int16_t* xr = x.q + m * Kp;
       float total = 0.0f;
       for (int64_t g = 0; g < G; ++g) {
-        float acc = 0.0f;
-        for (int64_t b = g * group; b < (g + 1) * group; b += 32) {
-          const uint8_t* p = wr + b / 2;
-          for (int j = 0; j < 16; ++j) {
-            acc += xr[b + j] * float(p[j] & 15) + xr[b + 16 + j] * float(p[j] >> 4);
-          }
-        }
-        total += load_scale(s, n * G + g, s_bf16) * (acc - 8.0f * xg[m * G + g]);
+        int32_t t = 0;
+        for (int64_t k = g * group; k < (g + 1) * group; ++k) t += int32_t(xr[k]) * (int4_at(w, n, k, Kp) - 8);
+        total += float(t) * load_scale(s, n * G + g, s_bf16);
       }
-      y[m * N + n] = total + (bias ? bias[n] : 0.0f);
+      y[m * N + n] = total * x.sx[m] + (bias ? bias[n] : 0.0f);
     }
   }
 }

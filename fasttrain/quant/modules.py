@@ -129,16 +129,19 @@ class Int8WeightLinear(_Int8):
 
 
 class Int4WeightLinear(QuantizedLinear):
-    """int4 weights in groups of `group_size` inputs with fp32 or bf16 scales, fp32 arithmetic."""
+    """int4 weights in groups of `group_size` inputs with fp32 or bf16 scales; activations quantized per token
+    to 16 bits, exact integer group sums, fp32 scaling (fasttrain.ops.int4_weight_linear)."""
 
     scheme = "int4-weight"
+    _version = qops.INT4_LAYOUT_VERSION  # 2: blocked w_packed; version-1 (N, Kp / 2) state dicts are repacked
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128,
                  scale_dtype: torch.dtype = torch.float32) -> None:
         super().__init__(in_features, out_features, bias)
         self.group_size = qops._check_group_size("fasttrain.quant.Int4WeightLinear", group_size)
         kp = qops._round_up(in_features, group_size)
-        self.register_buffer("w_packed", torch.full((out_features, kp // 2), 0x88, dtype=torch.uint8))
+        nblocks = qops._round_up(out_features, qops.BLOCK_N) // qops.BLOCK_N
+        self.register_buffer("w_packed", torch.full((nblocks, kp // 8, qops.BLOCK_N, 4), 0x88, dtype=torch.uint8))
         self.register_buffer("w_scale", torch.ones(out_features, kp // group_size, dtype=scale_dtype))
 
     @classmethod
@@ -148,6 +151,20 @@ class Int4WeightLinear(QuantizedLinear):
         if linear.bias is not None:
             m.bias = linear.bias.detach().float().clone()
         return m.to(linear.weight.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "w_packed"
+        w = state_dict.get(key)
+        if isinstance(w, torch.Tensor) and w.dim() == 2:  # layout version 1 (see _Int8._load_from_state_dict)
+            expected = (self.out_features, qops._round_up(self.in_features, self.group_size) // 2)
+            if tuple(w.shape) != expected:
+                raise RuntimeError(f"{type(self).__name__}: {key} has the version-1 (N, Kp / 2) int4 layout but shape "
+                                   f"{tuple(w.shape)}; this layer needs {expected} (in_features={self.in_features}, "
+                                   f"out_features={self.out_features}, group_size={self.group_size})")
+            state_dict[key] = qops.repack_int4_weight(w.contiguous())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _compute(self, x):
         return qops.int4_weight_linear(x, self.w_packed, self.w_scale, self.group_size, self.bias)
