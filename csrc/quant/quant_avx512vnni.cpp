@@ -290,8 +290,10 @@ void w4(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t 
     w4_tile<decltype(mr)::value, decltype(nb)::value>(x, w, s, s_bf16, group, bias, y, N, Kp, m0, bb);
   };
   // Registers: 2 * MR * NB int32 + MR * NB fp32 accumulators, 2 * NB unpacked weights, 4 broadcasts.
-  // Batch 1: 2 blocks (8 dependency chains); larger batches 3 x 2 (24 accumulators).
-  if (M <= 2) for_block_tiles<2, 2>(M, b0, b1, body);
+  // Batch 1-2: one block at a time, one sequential weight stream per thread (as the int8 GEMV; min-of-25
+  // single-thread 8192 x 8192 runs: 2.2-2.8 ms with 1 block, 3.8-4.1 ms with 2 blocks 64 KB apart);
+  // larger batches 3 x 2 (18 accumulators).
+  if (M <= 2) for_block_tiles<2, 1>(M, b0, b1, body);
   else for_block_tiles<3, 2>(M, b0, b1, body);
 }
 
