@@ -56,7 +56,7 @@ inline void dpbusd(__m512i& acc, __m512i u8, __m512i s8) {
 // MR rows x NB blocks; U independent accumulator sets over alternating k4 steps (for MR = 1 there would be
 // only NB dependency chains, fewer than vpdpbusd's latency x throughput).
 template <int MR, int NB>
-inline void dyn_tile(const uint8_t* x, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
+__attribute__((noinline)) void dyn_tile(const uint8_t* x, const float* sx, const int8_t* w, const float* sw, const int32_t* wsum,
                      const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t b0) {
   constexpr int U = MR > 2 ? 1 : NB == 1 ? 4 : 2;
   const int64_t K4 = Kp / 4;
@@ -138,7 +138,7 @@ inline __m512i top_byte_ctrl(int kk) {
 constexpr int64_t kChunkK4 = 64;  // k4 steps per partial sum: fp32 sums of <= 256 terms, then added up
 
 template <int MR, int NB>
-inline void w8_tile(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t N,
+__attribute__((noinline)) void w8_tile(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t N,
                     int64_t Kp, int64_t m0, int64_t b0) {
   const int64_t K4 = Kp / 4;
   const __m512i ctrl[4] = {top_byte_ctrl(0), top_byte_ctrl(1), top_byte_ctrl(2), top_byte_ctrl(3)};
@@ -212,7 +212,7 @@ void w8(const float* x, const int8_t* w, const float* sw, const float* bias, flo
 // step). Group sums stay exact in int32 (|256 sum h u| <= 256 * 15 * 127 * group < 2^31 for group <= 4096);
 // each group ends with t = 256 Hsum + Lsum - 8 xs, one convert and one FMA with the 16 columns' scales.
 template <int MR, int NB>
-inline void w4_tile(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
+__attribute__((noinline)) void w4_tile(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
                     const float* bias, float* y, int64_t N, int64_t Kp, int64_t m0, int64_t b0) {
   const int64_t K8 = Kp / 8, G = Kp / group, P = group / 8;  // P: 64-byte steps per group
   const __m512i nib = _mm512_set1_epi8(15);
@@ -231,12 +231,17 @@ inline void w4_tile(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf
     xh[i] = reinterpret_cast<const int32_t*>(x.h + (m0 + i) * Kp);
     xl[i] = reinterpret_cast<const int32_t*>(x.l + (m0 + i) * Kp);
   }
+  // S accumulator sets: 2 (h and l sums) for register tiles, 4 (h and l, low and high nibbles apart) for the
+  // small batch-1 tiles, where 2 chains of 2 dependent vpdpbusd per step would make latency the limit.
+  constexpr int S = MR * NB <= 2 ? 4 : 2;
   for (int64_t g = 0; g < G; ++g) {
-    __m512i ah[MR][NB], al[MR][NB];
+    __m512i acc[S][MR][NB];
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
+    for (int a = 0; a < S; ++a)
 #pragma GCC unroll 8
-      for (int j = 0; j < NB; ++j) ah[i][j] = _mm512_setzero_si512(), al[i][j] = _mm512_setzero_si512();
+      for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) acc[a][i][j] = _mm512_setzero_si512();
     for (int64_t p = g * P; p < (g + 1) * P; ++p) {
       __m512i lo[NB], hi[NB];
 #pragma GCC unroll 8
@@ -253,10 +258,10 @@ inline void w4_tile(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf
         const __m512i l0 = _mm512_set1_epi32(xl[i][2 * p]), l1 = _mm512_set1_epi32(xl[i][2 * p + 1]);
 #pragma GCC unroll 8
         for (int j = 0; j < NB; ++j) {
-          dpbusd(ah[i][j], lo[j], h0);
-          dpbusd(al[i][j], lo[j], l0);
-          dpbusd(ah[i][j], hi[j], h1);
-          dpbusd(al[i][j], hi[j], l1);
+          dpbusd(acc[0][i][j], lo[j], h0);
+          dpbusd(acc[1][i][j], lo[j], l0);
+          dpbusd(acc[S - 2][i][j], hi[j], h1);
+          dpbusd(acc[S - 1][i][j], hi[j], l1);
         }
       }
     }
@@ -269,7 +274,9 @@ inline void w4_tile(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const __m512i corr = _mm512_set1_epi32(8 * x.xs[(m0 + i) * G + g]);
-        const __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(ah[i][j], 8), al[i][j]), corr);
+        __m512i hs = acc[0][i][j], ls = acc[1][i][j];
+        if constexpr (S == 4) hs = _mm512_add_epi32(hs, acc[2][i][j]), ls = _mm512_add_epi32(ls, acc[3][i][j]);
+        const __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(hs, 8), ls), corr);
         tot[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sv, tot[i][j]);
       }
     }
