@@ -68,7 +68,7 @@ def _w4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, Kp, G, GROUP: tl.constex
         shift = ((kk % 8) // 4) * 4
         b = tl.load(w_ptr + byte, mask=(rn[None, :] < N), other=8)
         q = ((b.to(tl.int32) >> shift[:, None]) & 15) - 8
-        s = tl.load(s_ptr + rn[None, :] * G + (kk // GROUP)[:, None], mask=(rn[None, :] < N), other=0.0)
+        s = tl.load(s_ptr + (kk // GROUP)[:, None] * N + rn[None, :], mask=(rn[None, :] < N), other=0.0)  # (G, N)
         acc += tl.dot(x, q.to(tl.float32) * s.to(tl.float32))
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
@@ -110,8 +110,8 @@ def int8_dynamic_linear(x, w_q, w_scale, bias=None):
 
 
 def int4_weight_linear(x, w_packed, w_scale, group_size, bias=None):
-    """x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (N, Kp / group_size) fp32/bf16 -> (M, N) x.dtype."""
-    M, N, Kp = x.shape[0], w_scale.shape[0], 8 * w_packed.shape[1]
+    """x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (Kp / group_size, N) fp32/bf16 -> (M, N) x.dtype."""
+    M, N, Kp = x.shape[0], w_scale.shape[1], 8 * w_packed.shape[1]
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
     # Activations quantized per token to 16 bits, as the C++ kernels (fasttrain.ops.reference.
     # quantize_per_token_int16_reference: qmax 32639), then used dequantized.

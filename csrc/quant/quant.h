@@ -12,7 +12,8 @@
 //                  nibble and of W[16 b + j, 8 p + 4 + kk] in its high nibble: one 64-byte load, masked and
 //                  shifted, gives the vpdpbusd operands of two consecutive 4-k steps of 16 columns
 //                  (layout version 2; version 1 was (N, Kp / 2) in 32-value nibble blocks).
-//                  s:  (N, Kp / group) fp32 or bf16 scales.
+//                  s:  (Kp / group, N) fp32 or bf16 scales, group-major: the 16 scales of a block's group are
+//                  contiguous (version 1 stored (N, Kp / group): 16 cache lines per group epilogue).
 // Activations reach the kernels already padded to Kp (zeros), so inner loops have no tails.
 // Every kernel computes output channels [n0, n1) for all M rows; the driver (quant.cpp) threads over N.
 #pragma once

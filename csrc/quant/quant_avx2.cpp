@@ -123,7 +123,7 @@ void w4_row_block(const int16_t* xq, const uint8_t* w, const void* s, bool s_bf1
       _mm256_store_si256(reinterpret_cast<__m256i*>(part), acc[c]);
       for (int q = 0; q < 4; ++q) {
         const int64_t n = b * 16 + 4 * c + q;
-        if (n < N) tot[4 * c + q] += float(part[2 * q] + part[2 * q + 1]) * load_scale(s, n * G + g, s_bf16);
+        if (n < N) tot[4 * c + q] += float(part[2 * q] + part[2 * q + 1]) * load_scale(s, g * N + n, s_bf16);
       }
     }
   }

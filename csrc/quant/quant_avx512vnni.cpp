@@ -46,6 +46,14 @@ inline void for_block_tiles(int64_t M, int64_t b0, int64_t b1, F&& f) {
   }
 }
 
+// Software prefetch distance of the batch-1 kernels, which read one sequential weight stream per thread:
+// bandwidth x DRAM latency (~23 GB/s x ~150 ns ~ 3.5 KB) must be in flight; 1 KB left int4 (which consumes
+// a line fastest) at ~15 GB/s single-thread while 4 streams x 1 KB (int8 fp32 path) reached ~23 GB/s.
+#ifndef FT_QUANT_AHEAD
+#define FT_QUANT_AHEAD 4096
+#endif
+constexpr int64_t kAhead = FT_QUANT_AHEAD;
+
 // vpdpbusd accumulating in place. GCC 12's intrinsic makes a register copy of the accumulator before every
 // vpdpbusd and keeps a 6 x 4 tile's accumulators in memory (stored on every k step); the tied "+v" operand
 // keeps each accumulator in one register.
@@ -80,7 +88,7 @@ __attribute__((noinline)) void dyn_tile(const uint8_t* x, const float* sx, const
 #pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) {
         // Batch 1 streams the weights from memory: fetch ~1 KB ahead of each block's stream.
-        if constexpr (MR <= 2) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + (k4 + u) * 64 + 1024), _MM_HINT_T0);
+        if constexpr (MR <= 2) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + (k4 + u) * 64 + kAhead), _MM_HINT_T0);
         wv[j] = _mm512_loadu_si512(wb[j] + (k4 + u) * 64);
       }
 #pragma GCC unroll 8
@@ -235,6 +243,8 @@ __attribute__((noinline)) void w4_tile(const Int4Act& x, const uint8_t* w, const
   // small batch-1 tiles, where 2 chains of 2 dependent vpdpbusd per step would make latency the limit.
   constexpr int S = MR * NB <= 2 ? 4 : 2;
   for (int64_t g = 0; g < G; ++g) {
+    // The scales of the next groups are N apart: a stride the hardware prefetchers do not follow.
+    if (g + 2 < G) _mm_prefetch(reinterpret_cast<const char*>(s) + ((g + 2) * N + b0 * 16) * (s_bf16 ? 2 : 4), _MM_HINT_T0);
     __m512i acc[S][MR][NB];
 #pragma GCC unroll 8
     for (int a = 0; a < S; ++a)
@@ -246,7 +256,7 @@ __attribute__((noinline)) void w4_tile(const Int4Act& x, const uint8_t* w, const
       __m512i lo[NB], hi[NB];
 #pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) {
-        if constexpr (MR <= 2) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + p * 64 + 1024), _MM_HINT_T0);
+        if constexpr (MR <= 2) _mm_prefetch(reinterpret_cast<const char*>(wb[j] + p * 64 + kAhead), _MM_HINT_T0);
         const __m512i v = _mm512_loadu_si512(wb[j] + p * 64);
         lo[j] = _mm512_and_si512(v, nib);
         hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
@@ -268,9 +278,10 @@ __attribute__((noinline)) void w4_tile(const Int4Act& x, const uint8_t* w, const
 #pragma GCC unroll 8
     for (int j = 0; j < NB; ++j) {
       const int64_t n = (b0 + j) * 16;
-      alignas(64) float sc[16];
-      for (int c = 0; c < 16; ++c) sc[c] = n + c < N ? load_scale(s, (n + c) * G + g, s_bf16) : 0.0f;
-      const __m512 sv = _mm512_load_ps(sc);
+      const __mmask16 mk = tail_mask(n, N);
+      const __m512 sv = s_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                     _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(s) + g * N + n)), 16))
+                               : _mm512_maskz_loadu_ps(mk, static_cast<const float*>(s) + g * N + n);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const __m512i corr = _mm512_set1_epi32(8 * x.xs[(m0 + i) * G + g]);

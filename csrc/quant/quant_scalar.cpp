@@ -44,7 +44,7 @@ void w4(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t 
       for (int64_t g = 0; g < G; ++g) {
         int32_t t = 0;
         for (int64_t k = g * group; k < (g + 1) * group; ++k) t += int32_t(xr[k]) * (int4_at(w, n, k, Kp) - 8);
-        total += float(t) * load_scale(s, n * G + g, s_bf16);
+        total += float(t) * load_scale(s, g * N + n, s_bf16);
       }
       y[m * N + n] = total * x.sx[m] + (bias ? bias[n] : 0.0f);
     }

@@ -16,7 +16,8 @@ is padded, never rejected; the activations keep their width K.
 int4 weights are packed in the same blocked order: w_packed (Np / 16, Kp / 8, 16, 4) uint8, byte [b, p, j, kk]
 holding u = q + 8 of W[16 b + j, 8 p + kk] (low nibble) and W[16 b + j, 8 p + 4 + kk] (high nibble), so one
 64-byte load + mask / shift gives two vpdpbusd operands (INT4_LAYOUT_VERSION 2; version 1 was (N, Kp / 2)
-with 32-value nibble blocks, converted by repack_int4_weight).
+with 32-value nibble blocks, converted by repack_int4_weight). The int4 scales are stored group-major,
+w_scale (G, N) (version 1: (N, G)), so a group's scales for 16 adjacent outputs are one 64-byte load.
 
 int4_weight_linear quantizes the activations per token to 16 bits (q = round_half_even(x * 32639 / max|x_row|),
 fasttrain.ops.reference.quantize_per_token_int16_reference) on every path: the group sums q_x . q_w are then
@@ -134,13 +135,13 @@ def _check_int4(op: str, x, w_packed, w_scale, group_size, bias) -> None:
                          "blocked (Np / 16, Kp / 8, 16, 4) layout: convert it with "
                          "fasttrain.ops.quant.repack_int4_weight(w_packed) or re-quantize with quantize_int4_weight")
     _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4, device=x.device)
-    N = w_scale.shape[0]
+    N = w_scale.shape[1]
     Kp = _round_up(K, group_size)
     if 8 * w_packed.shape[1] != Kp:
         raise ValueError(f"{op}: w_packed holds {8 * w_packed.shape[1]} padded inputs but K={K}, group_size="
                          f"{group_size} needs round_up(K, group_size) = {Kp} (pack it with fasttrain.ops.quantize_int4_weight)")
     _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4, shape=(-(-N // BLOCK_N), Kp // 8, BLOCK_N, 4))
-    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=2, shape=(N, Kp // group_size))
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=2, shape=(Kp // group_size, N))
     _check_bias(op, bias, N, x.device)
 
 
@@ -177,7 +178,7 @@ def _int8_weight_cpu(x, w_q, w_scale, bias):
 
 
 def _int4_weight_cpu(x, w_packed, w_scale, group_size, bias):
-    (M, K), N = x.shape, w_scale.shape[0]
+    (M, K), N = x.shape, w_scale.shape[1]
     y = _out(x, N)
     _C.quant.int4_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_packed.data_ptr(),
                                 w_scale.data_ptr(), w_scale.dtype == torch.bfloat16, group_size, _ptr(bias),
@@ -237,7 +238,7 @@ def _int4_weight_op(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tens
 @_int4_weight_op.register_fake
 def _(x, w_packed, w_scale, group_size, bias):
     _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
-    return x.new_empty((x.shape[0], w_scale.shape[0]))
+    return x.new_empty((x.shape[0], w_scale.shape[1]))
 
 
 @_int4_weight_op.register_kernel("cuda")
@@ -297,7 +298,8 @@ def _block_int4(u: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def repack_int4_weight(w_packed: torch.Tensor) -> torch.Tensor:
     """Layout version 1 -> 2: (N, Kp / 2) int4 (byte j of each 16-byte block: value j low, value j + 16 high)
-    -> blocked (Np / 16, Kp / 8, 16, 4). w_scale is unchanged. A 4-D tensor is returned as is."""
+    -> blocked (Np / 16, Kp / 8, 16, 4). The version-1 w_scale (N, G) becomes w_scale.T.contiguous(). A 4-D
+    tensor is returned as is."""
     op = "fasttrain.ops.quant.repack_int4_weight"
     if isinstance(w_packed, torch.Tensor) and w_packed.dim() == 4:
         _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4)
@@ -329,7 +331,7 @@ def repack_int8_weight(w_q: torch.Tensor) -> torch.Tensor:
 def quantize_int4_weight(
     weight: torch.Tensor, group_size: int = 128, scale_dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric groupwise int4: weight (N, K) float -> (w_packed (Np / 16, Kp / 8, 16, 4) uint8, w_scale (N, Kp / group_size)
+    """Symmetric groupwise int4: weight (N, K) float -> (w_packed (Np / 16, Kp / 8, 16, 4) uint8, w_scale (Kp / group_size, N)
     `scale_dtype`), Kp = round_up(K, group_size) zero padded; scale = max|w_group| / 7, q in [-8, 7], rounded
     against the stored (possibly bf16) scale. Layout: see fasttrain.ops.reference.dequantize_int4_reference."""
     op = "fasttrain.ops.quantize_int4_weight"
@@ -344,7 +346,7 @@ def quantize_int4_weight(
     amax = w.abs().amax(dim=2)
     scale = torch.where(amax > 0, amax / 7.0, torch.ones_like(amax)).to(scale_dtype)
     q = torch.round(w / scale.float()[:, :, None]).clamp_(-8, 7).to(torch.int16) + 8
-    return _block_int4(q.reshape(N, Kp)), scale.contiguous()
+    return _block_int4(q.reshape(N, Kp)), scale.T.contiguous()
 
 
 def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
@@ -379,7 +381,7 @@ def int4_weight_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.T
     """
     x2 = _as_2d("fasttrain.ops.int4_weight_linear", x)
     _check_group_size("fasttrain.ops.int4_weight_linear", group_size)  # before the dispatcher's own type error
-    return _int4_weight_op(x2, w_packed, w_scale, group_size, bias).reshape(*x.shape[:-1], w_scale.shape[0])
+    return _int4_weight_op(x2, w_packed, w_scale, group_size, bias).reshape(*x.shape[:-1], w_scale.shape[1])
 
 
 def _samples_int8(dynamic: bool):

@@ -382,9 +382,9 @@ def unpack_int4_reference(w_packed: torch.Tensor, N: int) -> torch.Tensor:
 
 
 def dequantize_int4_reference(w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Blocked int4 (Np / 16, Kp / 8, 16, 4) uint8 + (N, Kp / group_size) scales -> (N, Kp) fp32 weights."""
-    q = unpack_int4_reference(w_packed, w_scale.shape[0])
-    s = w_scale.float().repeat_interleave(group_size, dim=1)
+    """Blocked int4 (Np / 16, Kp / 8, 16, 4) uint8 + (Kp / group_size, N) group-major scales -> (N, Kp) fp32."""
+    q = unpack_int4_reference(w_packed, w_scale.shape[1])
+    s = w_scale.float().T.repeat_interleave(group_size, dim=1)
     return q.float() * s
 
 
@@ -394,17 +394,17 @@ def int4_weight_linear_reference(
     bias: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """y[m, n] = s_x[m] sum_g s[n, g] (sum_{k in g} q_x[m, k] q_w[n, k]) + bias[n], the integer group sums
-    exact, the rest in `dtype`. x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (N, G) fp32/bf16.
+    exact, the rest in `dtype`. x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (G, N) fp32/bf16.
     The activations are quantized per token to 16 bits first (quantize_per_token_int16_reference), as the
     kernels do (see fasttrain.ops.quant)."""
     M, K = x.shape
-    N, G = w_scale.shape
+    G, N = w_scale.shape
     qx, sx = quantize_per_token_int16_reference(x)
     qw = unpack_int4_reference(w_packed, N)[:, :K]
     # exact: |sum| < 2^31 and fp64 holds every partial sum
     t = torch.einsum("mgk,ngk->mng", torch.nn.functional.pad(qx, (0, G * group_size - K)).double().reshape(M, G, -1),
                      torch.nn.functional.pad(qw, (0, G * group_size - K)).double().reshape(N, G, -1))
-    y = (t.to(dtype) * w_scale.to(dtype)[None]).sum(dim=2) * sx.to(dtype)[:, None]
+    y = (t.to(dtype) * w_scale.to(dtype).T[None]).sum(dim=2) * sx.to(dtype)[:, None]
     if bias is not None:
         y = y + bias.to(dtype)
     return y

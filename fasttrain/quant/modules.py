@@ -142,7 +142,7 @@ class Int4WeightLinear(QuantizedLinear):
         kp = qops._round_up(in_features, group_size)
         nblocks = qops._round_up(out_features, qops.BLOCK_N) // qops.BLOCK_N
         self.register_buffer("w_packed", torch.full((nblocks, kp // 8, qops.BLOCK_N, 4), 0x88, dtype=torch.uint8))
-        self.register_buffer("w_scale", torch.ones(out_features, kp // group_size, dtype=scale_dtype))
+        self.register_buffer("w_scale", torch.ones(kp // group_size, out_features, dtype=scale_dtype))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128, scale_dtype: torch.dtype = torch.float32):
@@ -163,6 +163,9 @@ class Int4WeightLinear(QuantizedLinear):
                                    f"{tuple(w.shape)}; this layer needs {expected} (in_features={self.in_features}, "
                                    f"out_features={self.out_features}, group_size={self.group_size})")
             state_dict[key] = qops.repack_int4_weight(w.contiguous())
+            scale = state_dict.get(prefix + "w_scale")
+            if isinstance(scale, torch.Tensor) and scale.dim() == 2:  # version 1 scales were (N, G)
+                state_dict[prefix + "w_scale"] = scale.T.contiguous()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

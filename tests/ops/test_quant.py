@@ -92,7 +92,7 @@ def test_int4_weight_matches_reference(isa, M, K, N, group_size, scale_dtype):
     x, w, b = make(M, K, N)
     w_packed, w_scale = quantize_int4_weight(w, group_size, scale_dtype)
     Kp = -(-K // group_size) * group_size
-    assert w_packed.shape == (-(-N // 16), Kp // 8, 16, 4) and w_scale.shape == (N, Kp // group_size)
+    assert w_packed.shape == (-(-N // 16), Kp // 8, 16, 4) and w_scale.shape == (Kp // group_size, N)
     assert w_scale.dtype == scale_dtype
     ours = int4_weight_linear(x, w_packed, w_scale, group_size, b)
     ref64 = int4_weight_linear_reference(x, w_packed, w_scale, group_size, b, dtype=torch.float64)
@@ -130,7 +130,7 @@ def test_packers_round_trip():
     w_packed, s = quantize_int4_weight(w, 64)
     deq = dequantize_int4_reference(w_packed, s, 64)
     assert torch.all(deq[:, 130:] == 0)
-    step = s.repeat_interleave(64, dim=1)[:, :130]
+    step = s.T.repeat_interleave(64, dim=1)[:, :130]
     assert torch.all((deq[:, :130] - w).abs() <= step / 2 + 1e-7)
 
 

@@ -152,6 +152,7 @@ def test_int4_version_1_state_dict_is_repacked():
     old = {k: v.clone() for k, v in q.state_dict().items()}
     u = (unpack_int4_reference(old["w_packed"], 37) + 8).reshape(37, -1, 2, 16)  # version 1: 32-value nibble blocks
     old["w_packed"] = (u[:, :, 0] | (u[:, :, 1] << 4)).to(torch.uint8).reshape(37, -1)
+    old["w_scale"] = old["w_scale"].T.contiguous()  # version 1: (N, G)
     fresh = Int4WeightLinear(70, 37, group_size=64)
     fresh.load_state_dict(old)
     x = torch.randn(3, 70)
