@@ -5,8 +5,8 @@ devices. Each program computes a (BLOCK_M, BLOCK_N) output tile, walking K in BL
   int8 weight-only: dequantize the int8 tile to fp32 in registers, tl.dot in fp32, scale per channel at the end;
   int8 dynamic:     activations quantized per token (torch ops on the device, no host sync), int8 tl.dot
                     with int32 accumulation, both scales applied at the end;
-  int4 weight-only: activations rounded to bf16 (as on CPU), gather each value's nibble (byte (k // 32) * 16 + k % 16, high nibble for k % 32 >= 16),
-                    subtract 8, multiply by its group's scale, tl.dot in fp32.
+  int4 weight-only: activations quantized per token to 16 bits (as on CPU), gather each value's nibble from the
+                    blocked layout, subtract 8, multiply by its group's scale, tl.dot in fp32.
 Inputs are validated by fasttrain.ops.quant; call these directly only with checked tensors.
 """
 
@@ -35,7 +35,9 @@ def _w8_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, M, N, Kp, HAS_BIAS: tl.
     for k0 in range(0, Kp, BK):
         kk = k0 + rk
         x = tl.load(x_ptr + rm[:, None] * Kp + kk[None, :], mask=(rm[:, None] < M), other=0)
-        w = tl.load(w_ptr + rn[None, :] * Kp + kk[:, None], mask=(rn[None, :] < N), other=0)  # (BK, BN)
+        # VNNI-blocked int8 layout (Np / 16, Kp / 4, 16, 4): W[n, k] at ((n // 16) Kp / 4 + k // 4) 64 + (n % 16) 4 + k % 4
+        w_off = ((rn[None, :] // 16) * (Kp // 4) + kk[:, None] // 4) * 64 + (rn[None, :] % 16) * 4 + kk[:, None] % 4
+        w = tl.load(w_ptr + w_off, mask=(rn[None, :] < N), other=0)  # (BK, BN)
         if INT_DOT:
             acc += tl.dot(x, w)
         else:
@@ -60,11 +62,13 @@ def _w4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, Kp, G, GROUP: tl.constex
     for k0 in range(0, Kp, BK):
         kk = k0 + rk
         x = tl.load(x_ptr + rm[:, None] * Kp + kk[None, :], mask=(rm[:, None] < M), other=0.0).to(tl.float32)
-        byte = (kk // 32) * 16 + kk % 16
-        shift = ((kk % 32) // 16) * 4
-        b = tl.load(w_ptr + rn[None, :] * (Kp // 2) + byte[:, None], mask=(rn[None, :] < N), other=8)
+        # blocked int4 (Np / 16, Kp / 8, 16, 4): W[n, k] in byte ((n // 16) Kp / 8 + k // 8) 64 + (n % 16) 4 + k % 4,
+        # low nibble for k % 8 < 4, high nibble otherwise
+        byte = ((rn[None, :] // 16) * (Kp // 8) + kk[:, None] // 8) * 64 + (rn[None, :] % 16) * 4 + kk[:, None] % 4
+        shift = ((kk % 8) // 4) * 4
+        b = tl.load(w_ptr + byte, mask=(rn[None, :] < N), other=8)
         q = ((b.to(tl.int32) >> shift[:, None]) & 15) - 8
-        s = tl.load(s_ptr + rn[None, :] * G + (kk // GROUP)[:, None], mask=(rn[None, :] < N), other=0.0)
+        s = tl.load(s_ptr + (kk // GROUP)[:, None] * N + rn[None, :], mask=(rn[None, :] < N), other=0.0)  # (G, N)
         acc += tl.dot(x, q.to(tl.float32) * s.to(tl.float32))
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
@@ -80,8 +84,9 @@ def _grid(M: int, N: int):
 
 
 def int8_weight_linear(x, w_q, w_scale, bias=None):
-    """x: (M, K) fp32/fp16/bf16; w_q: (N, Kp) int8; w_scale: (N,) fp32; bias: (N,) fp32 or None -> (M, N) x.dtype."""
-    (M, _), (N, Kp) = x.shape, w_q.shape
+    """x: (M, K) fp32/fp16/bf16; w_q: (Np / 16, Kp / 4, 16, 4) int8 (VNNI-blocked, fasttrain.ops.quantize_int8_weight);
+    w_scale: (N,) fp32; bias: (N,) fp32 or None -> (M, N) x.dtype."""
+    M, N, Kp = x.shape[0], w_scale.shape[0], 4 * w_q.shape[1]
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
     _w8_kernel[_grid(M, N)](_pad(x, Kp), w_q, w_scale, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
                             HAS_BIAS=bias is not None, INT_DOT=False, BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K)
@@ -91,10 +96,12 @@ def int8_weight_linear(x, w_q, w_scale, bias=None):
 def int8_dynamic_linear(x, w_q, w_scale, bias=None):
     """Per-token int8 activations (same arithmetic as fasttrain.ops.reference.quantize_per_token_reference),
     int8 x int8 -> int32 dot. Shapes as int8_weight_linear; returns x.dtype."""
-    (M, _), (N, Kp) = x.shape, w_q.shape
+    M, N, Kp = x.shape[0], w_scale.shape[0], 4 * w_q.shape[1]
     xf = x.float()
     amax = xf.abs().amax(dim=1)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    # torch.full_like(...) / amax, not 127.0 / amax: a Python number over a tensor is computed as
+    # reciprocal(amax) * 127, one rounding more than the kernels' correctly rounded fp32 division.
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     q = torch.round(xf * inv[:, None]).clamp_(-127, 127).to(torch.int8)
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
     _w8_kernel[_grid(M, N)](_pad(q, Kp), w_q, w_scale, amax / 127.0, bias if bias is not None else w_scale, y, M, N,
@@ -103,10 +110,15 @@ def int8_dynamic_linear(x, w_q, w_scale, bias=None):
 
 
 def int4_weight_linear(x, w_packed, w_scale, group_size, bias=None):
-    """x: (M, K); w_packed: (N, Kp / 2) uint8; w_scale: (N, Kp / group_size) fp32/bf16 -> (M, N) x.dtype."""
-    M, N, Kp = x.shape[0], w_packed.shape[0], 2 * w_packed.shape[1]
+    """x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (Kp / group_size, N) fp32/bf16 -> (M, N) x.dtype."""
+    M, N, Kp = x.shape[0], w_scale.shape[1], 8 * w_packed.shape[1]
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
-    xr = x.to(torch.bfloat16).float()  # activations rounded to bf16, as the C++ kernels (exact products)
+    # Activations quantized per token to 16 bits, as the C++ kernels (fasttrain.ops.reference.
+    # quantize_per_token_int16_reference: qmax 32639), then used dequantized.
+    xf = x.float()
+    amax = xf.abs().amax(dim=1)
+    inv = torch.where(amax > 0, torch.full_like(amax, 32639.0) / amax, torch.zeros_like(amax))
+    xr = torch.round(xf * inv[:, None]).clamp_(-32639, 32639) * (amax / 32639.0)[:, None]
     _w4_kernel[_grid(M, N)](_pad(xr, Kp), w_packed, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
                             Kp // group_size, GROUP=group_size, HAS_BIAS=bias is not None, BM=BLOCK_M, BN=BLOCK_N,
                             BK=BLOCK_K)

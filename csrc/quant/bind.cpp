@@ -31,9 +31,6 @@ void bind_quant(py::module_ m) {
   m.def("kernel_path", [] { return std::string(ft::quant::table().name); },
         "Which quant kernels the current ISA selection runs: avx512vnni | avx2 | scalar.");
   m.attr("align_k") = ft::quant::kAlignK;
-  m.def("allow_bf16", &ft::quant::allow_bf16, py::arg("on"),
-        "Testing hook: False makes int4 use the fp32 AVX-512 kernel on CPUs with AVX-512 BF16.");
-
   m.def(
       "int8_dynamic_linear",
       [](uintptr_t x, bool x_bf16, int64_t M, int64_t K, uintptr_t w, uintptr_t sw, uintptr_t wsum, uintptr_t bias,
@@ -63,8 +60,8 @@ void bind_quant(py::module_ m) {
       [](uintptr_t x, bool x_bf16, int64_t M, int64_t K, uintptr_t w, uintptr_t s, bool s_bf16, int64_t group,
          uintptr_t bias, uintptr_t y, int64_t N, int64_t Kp, int threads) {
         check_dims(M, K, N, Kp);
-        if (group < ft::quant::kAlignK || group % ft::quant::kAlignK != 0 || Kp % group != 0)
-          throw std::invalid_argument("group must be a multiple of 64 that divides Kp");
+        if (group < ft::quant::kAlignK || group % ft::quant::kAlignK != 0 || Kp % group != 0 || group > 4096)
+          throw std::invalid_argument("group must be a multiple of 64 (at most 4096) that divides Kp");
         py::gil_scoped_release nogil;
         ft::quant::int4_weight_linear(ptr<const void>(x), x_bf16, M, K, ptr<const uint8_t>(w), ptr<const void>(s),
                                       s_bf16, group, ptr<const float>(bias), ptr<float>(y), N, Kp, threads);

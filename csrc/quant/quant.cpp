@@ -5,7 +5,6 @@
 
 #include <omp.h>
 
-#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -15,23 +14,14 @@
 namespace ft::quant {
 namespace {
 
-constexpr int64_t kBlockN = 16;  // output channels per OpenMP work item (a multiple of every NRMAX)
+constexpr float kInt16QMax = 32639.0f;  // 127 * 256 + 127: q splits into two signed bytes (quant.h)
+// int8: output channels per OpenMP work item: 4 VNNI blocks of 16, the column width of the AVX-512 tiles.
+constexpr int64_t kPanelN = 4 * kBlockCols;
 
 bool has_vnni() {
 #if FT_X86
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512vnni");
-#else
-  return false;
-#endif
-}
-
-std::atomic<bool> g_allow_bf16{true};  // tests switch it off to run the fp32 int4 kernel on BF16 CPUs
-
-bool has_avx512bf16() {
-#if FT_X86
-  __builtin_cpu_init();
-  return g_allow_bf16.load(std::memory_order_relaxed) && __builtin_cpu_supports("avx512bf16");
 #else
   return false;
 #endif
@@ -45,20 +35,18 @@ void load_row(const void* x, bool bf16, int64_t m, int64_t K, int64_t Kp, float*
 }
 
 template <class F>
-void over_channels(int64_t N, int threads, F&& f) {
-  const int64_t blocks = (N + kBlockN - 1) / kBlockN;
+void over_channels(int64_t N, int threads, F&& f, int64_t per_item) {
+  const int64_t blocks = (N + per_item - 1) / per_item;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t b = 0; b < blocks; ++b) f(b * kBlockN, std::min(N, (b + 1) * kBlockN));
+  for (int64_t b = 0; b < blocks; ++b) f(b * per_item, std::min(N, (b + 1) * per_item));
 }
 
 }  // namespace
 
-void allow_bf16(bool on) { g_allow_bf16.store(on, std::memory_order_relaxed); }
-
 const Table& table() {
   switch (current_isa()) {
 #if FT_X86
-    case Isa::avx512: return has_vnni() ? avx512vnni::table(has_avx512bf16()) : avx2::table();
+    case Isa::avx512: return has_vnni() ? avx512vnni::table() : avx2::table();
     case Isa::avx2: return avx2::table();
 #endif
     default: return scalar::table();
@@ -71,31 +59,19 @@ void int8_dynamic_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const
   std::vector<uint8_t> xq(static_cast<size_t>(M * Kp));
   std::vector<float> sx(static_cast<size_t>(M));
   const uint8_t offset = t.xq_unsigned ? 128 : 0;
-  const int64_t blocks = (N + kBlockN - 1) / kBlockN;
+  const int64_t blocks = (N + kPanelN - 1) / kPanelN;
   // One parallel region for both phases: at batch 1 a layer is ~0.1 ms of work, and on a loaded box every
   // extra fork/join is a thread wake-up that can cost more than the layer.
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> row(static_cast<size_t>(Kp));
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) {
-      load_row(x, x_bf16, m, K, Kp, row.data());
-      float amax = 0.0f;
-      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[size_t(k)]));
-      // Symmetric per-token scale; an all-zero row quantizes to zeros (scale 0) instead of dividing by 0.
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      sx[size_t(m)] = amax / 127.0f;
-      uint8_t* q = xq.data() + m * Kp;
-      for (int64_t k = 0; k < Kp; ++k) {
-        float v = std::nearbyint(row[size_t(k)] * inv);  // round half to even, as torch.round
-        v = std::min(127.0f, std::max(-127.0f, v));
-        q[k] = uint8_t(int8_t(v)) + offset;  // u8 = q + 128 for VNNI (wraps correctly), else the s8 bits
-      }
-    }
+    for (int64_t m = 0; m < M; ++m) t.quant_rows(x, x_bf16, m, m + 1, K, Kp, xq.data(), sx.data(), offset);
     // (the implicit barrier of the loop above publishes xq and sx to every thread)
-#pragma omp for schedule(static)
+    // Guided: large contiguous chunks first (sequential weight streams for batch 1), then smaller ones, so
+    // when one thread wakes late on a shared box the other takes its remaining panels instead of waiting.
+#pragma omp for schedule(guided)
     for (int64_t b = 0; b < blocks; ++b)
-      t.int8_dyn(xq.data(), sx.data(), w, sw, wsum, bias, y, M, N, Kp, b * kBlockN, std::min(N, (b + 1) * kBlockN));
+      t.int8_dyn(xq.data(), sx.data(), w, sw, wsum, bias, y, M, N, Kp, b * kPanelN, std::min(N, (b + 1) * kPanelN));
   }
 }
 
@@ -104,34 +80,45 @@ void int8_weight_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const 
   const Table& t = table();
   std::vector<float> xp(static_cast<size_t>(M * Kp));
   for (int64_t m = 0; m < M; ++m) load_row(x, x_bf16, m, K, Kp, xp.data() + m * Kp);
-  over_channels(N, threads, [&](int64_t n0, int64_t n1) { t.w8(xp.data(), w, sw, bias, y, M, N, Kp, n0, n1); });
+  over_channels(
+      N, threads, [&](int64_t n0, int64_t n1) { t.w8(xp.data(), w, sw, bias, y, M, N, Kp, n0, n1); }, kPanelN);
 }
 
 void int4_weight_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const uint8_t* w, const void* s,
                         bool s_bf16, int64_t group, const float* bias, float* y, int64_t N, int64_t Kp, int threads) {
   const Table& t = table();
   const int64_t G = Kp / group;
-  std::vector<float> xp(static_cast<size_t>(M * Kp)), xg(static_cast<size_t>(M * G));
-  std::vector<uint16_t> xb(static_cast<size_t>(M * Kp));
+  std::vector<int16_t> q(static_cast<size_t>(M * Kp));
+  std::vector<int8_t> h(static_cast<size_t>(M * Kp)), l(static_cast<size_t>(M * Kp));
+  std::vector<int32_t> xs(static_cast<size_t>(M * G));
+  std::vector<float> sx(static_cast<size_t>(M)), row(static_cast<size_t>(Kp));
   for (int64_t m = 0; m < M; ++m) {
-    float* r = xp.data() + m * Kp;
-    uint16_t* rb = xb.data() + m * Kp;
-    load_row(x, x_bf16, m, K, Kp, r);
-    // Activations are rounded to bf16 (RNE) on every path, so all ISAs compute the same thing and the
-    // BF16 kernel multiplies exactly; the rounding (2^-9 relative) is ~30 dB below int4's own error.
+    // Per-token 16-bit quantization, exactly fasttrain.ops.reference.quantize_per_token_int16_reference.
+    load_row(x, x_bf16, m, K, Kp, row.data());
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[size_t(k)]));
+    const float inv = amax > 0.0f ? kInt16QMax / amax : 0.0f;
+    sx[size_t(m)] = amax / kInt16QMax;
     for (int64_t k = 0; k < Kp; ++k) {
-      rb[k] = f32_to_bf16(r[k]);
-      r[k] = bf16_to_f32(rb[k]);
+      float v = std::nearbyint(row[size_t(k)] * inv);  // round half to even, as torch.round
+      v = std::min(kInt16QMax, std::max(-kInt16QMax, v));
+      const int32_t qi = int32_t(v);
+      const int32_t hi = (qi + 128) >> 8;  // q = 256 h + l with h in [-127, 127], l in [-128, 127]
+      const size_t i = size_t(m * Kp + k);
+      q[i] = int16_t(qi);
+      h[i] = int8_t(hi);
+      l[i] = int8_t(qi - 256 * hi);
     }
     for (int64_t g = 0; g < G; ++g) {
-      float acc = 0.0f;
-      for (int64_t k = g * group; k < (g + 1) * group; ++k) acc += r[k];
-      xg[size_t(m * G + g)] = acc;
+      int32_t acc = 0;
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) acc += q[size_t(m * Kp + k)];
+      xs[size_t(m * G + g)] = acc;
     }
   }
-  over_channels(N, threads, [&](int64_t n0, int64_t n1) {
-    t.w4(xp.data(), xb.data(), xg.data(), w, s, s_bf16, group, bias, y, M, N, Kp, n0, n1);
-  });
+  const Int4Act act{q.data(), h.data(), l.data(), xs.data(), sx.data()};
+  over_channels(
+      N, threads, [&](int64_t n0, int64_t n1) { t.w4(act, w, s, s_bf16, group, bias, y, M, N, Kp, n0, n1); },
+      kPanelN);
 }
 
 }  // namespace ft::quant

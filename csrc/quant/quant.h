@@ -1,13 +1,19 @@
 // Quantized linear kernels: torch-free, raw pointers, one file per ISA.
 //
 // Layouts (produced by fasttrain.ops.quant's packers; K is the input width, Kp the padded width):
-//   int8 weights   w:  (N, Kp) int8, symmetric per output channel, Kp = round_up(K, 64), zero padded;
+//   int8 weights   w:  VNNI-blocked (Np / 16, Kp / 4, 16, 4) int8, symmetric per output channel,
+//                  Kp = round_up(K, 64), Np = round_up(N, 16), zero padded: element [b, k4, j, kk] is
+//                  W[16 b + j, 4 k4 + kk]. One 64-byte row of a block is the vpdpbusd operand for 4 k of
+//                  16 columns (layout version 2; version 1 was row-major (N, Kp)). Every ISA reads this
+//                  same buffer (int8_index below).
 //                  sw: (N,) fp32 scales; wsum: (N,) int32 row sums of w (for the VNNI u8 x s8 trick).
-//   int4 weights   w:  (N, Kp / 2) uint8, Kp = round_up(K, group), group a multiple of 64. Each value is
-//                  q + 8 with q in [-8, 7]. Within every block of 32 values along K, byte j holds value j
-//                  in its low nibble and value j + 16 in its high nibble, so one 16-byte load unpacks into
-//                  two contiguous 16-wide vectors without a shuffle.
-//                  s:  (N, Kp / group) fp32 or bf16 scales.
+//   int4 weights   w:  blocked (Np / 16, Kp / 8, 16, 4) uint8, Kp = round_up(K, group), group a multiple of
+//                  64; byte [b, p, j, kk] holds u = q + 8 (q in [-8, 7]) of W[16 b + j, 8 p + kk] in its low
+//                  nibble and of W[16 b + j, 8 p + 4 + kk] in its high nibble: one 64-byte load, masked and
+//                  shifted, gives the vpdpbusd operands of two consecutive 4-k steps of 16 columns
+//                  (layout version 2; version 1 was (N, Kp / 2) in 32-value nibble blocks).
+//                  s:  (Kp / group, N) fp32 or bf16 scales, group-major: the 16 scales of a block's group are
+//                  contiguous (version 1 stored (N, Kp / group): 16 cache lines per group epilogue).
 // Activations reach the kernels already padded to Kp (zeros), so inner loops have no tails.
 // Every kernel computes output channels [n0, n1) for all M rows; the driver (quant.cpp) threads over N.
 #pragma once
@@ -18,6 +24,8 @@
 namespace ft::quant {
 
 constexpr int64_t kAlignK = 64;  // K padding: one 512-bit vector of int8
+constexpr int64_t kBlockCols = 16;  // output columns per VNNI block of the int8 layout
+
 
 // y[m, n] = (sum_k xq[m, k] w[n, k]) * sx[m] * sw[n] + bias[n]. xq is uint8 (q + 128) when the table's
 // xq_unsigned is true (VNNI: vpdpbusd multiplies u8 by s8; the 128 * wsum[n] excess is subtracted),
@@ -27,12 +35,26 @@ using Int8DynFn = void (*)(const void* xq, const float* sx, const int8_t* w, con
 // y[m, n] = sw[n] * sum_k x[m, k] w[n, k] + bias[n]; x fp32 (M, Kp).
 using W8Fn = void (*)(const float* x, const int8_t* w, const float* sw, const float* bias, float* y, int64_t M,
                       int64_t N, int64_t Kp, int64_t n0, int64_t n1);
-// y[m, n] = sum_g s[n, g] * (sum_{k in g} x[m, k] u[n, k] - 8 * xg[m, g]) + bias[n], u = q + 8 the stored
-// nibble and xg[m, g] the sum of x over group g (precomputed once per call, shared by all N). x is rounded
-// to bf16 by the driver (every path sees the same values); xb holds the same values as bf16 bits for the
-// AVX-512 BF16 kernel, whose vdpbf16ps then multiplies exactly and accumulates in fp32.
-using W4Fn = void (*)(const float* x, const uint16_t* xb, const float* xg, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
+// int4: activations quantized per token to 16 bits by the driver: q (M, Kp) int16 in [-32639, 32639] with
+// row scale sx, also split q = 256 h + l into signed bytes h, l (VNNI operands), and xs[m, g] the sum of q
+// over group g. y[m, n] = sx[m] * sum_g s[n, g] * t[m, n, g] + bias[n] with the exact integer group sums
+// t = sum_{k in g} q[m, k] (u[n, k] - 8) = 256 (sum h u) + (sum l u) - 8 xs[m, g].
+struct Int4Act {
+  const int16_t* q;
+  const int8_t* h;
+  const int8_t* l;
+  const int32_t* xs;
+  const float* sx;
+};
+using W4Fn = void (*)(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
                       const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1);
+
+// Per-token symmetric int8 quantization of rows [m0, m1) of x (fp32 or bf16, K wide) into xq (Kp wide):
+// sx[m] = amax / 127, q = round_half_even(x * (127 / amax)) clamped to [-127, 127] (amax = 0: all zeros,
+// scale 0), stored as q + offset (offset 128: the u8 operand of vpdpbusd; 0: the int8 bits); the padding
+// columns hold the stored form of 0. Exactly fasttrain.ops.reference.quantize_per_token_reference.
+using QuantRowsFn = void (*)(const void* x, bool x_bf16, int64_t m0, int64_t m1, int64_t K, int64_t Kp, uint8_t* xq,
+                             float* sx, uint8_t offset);
 
 struct Table {
   const char* name;
@@ -40,15 +62,27 @@ struct Table {
   Int8DynFn int8_dyn;
   W8Fn w8;
   W4Fn w4;
+  QuantRowsFn quant_rows;
 };
 
 namespace scalar { const Table& table(); }
 #if FT_X86
 namespace avx2 { const Table& table(); }
-namespace avx512vnni { const Table& table(bool bf16); }  // bf16: int4 through vdpbf16ps
+namespace avx512vnni { const Table& table(); }
 #endif
 
 namespace {  // internal linkage: every ISA file instantiates these with its own flags
+
+// Offset of W[n, k] in the blocked int8 layout.
+inline int64_t int8_index(int64_t n, int64_t k, int64_t Kp) {
+  return ((n / kBlockCols) * (Kp / 4) + k / 4) * (4 * kBlockCols) + (n % kBlockCols) * 4 + k % 4;
+}
+
+// The stored nibble u = q + 8 of W[n, k] in the blocked int4 layout.
+inline int int4_at(const uint8_t* w, int64_t n, int64_t k, int64_t Kp) {
+  const uint8_t b = w[((n / kBlockCols) * (Kp / 8) + k / 8) * (4 * kBlockCols) + (n % kBlockCols) * 4 + k % 4];
+  return (k % 8) < 4 ? (b & 15) : (b >> 4);
+}
 
 inline float load_scale(const void* s, int64_t i, bool bf16) {
   if (bf16) {

@@ -7,7 +7,6 @@
 
 namespace ft::quant {
 
-void allow_bf16(bool on);  // false: int4 uses the fp32 AVX-512 kernel even where AVX-512 BF16 exists (tests)
 const Table& table();  // the kernels the current ISA selection runs (avx512 -> avx512vnni if the CPU has VNNI)
 
 void int8_dynamic_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const int8_t* w, const float* sw,

@@ -6,12 +6,24 @@ groupwise weight-only, plus the packers that produce their weight layouts.
 Weights are quantized symmetrically: int8 per output channel (scale = max|w_row| / 127), int4 per
 group of `group_size` inputs (scale = max|w_group| / 7, values in [-8, 7]). Packed layouts
 (csrc/quant/quant.h) pad K with zeros: int8 to Kp = round_up(K, 64), int4 to Kp = round_up(K,
-group_size); `group_size` must be a multiple of 64. So a K that is not a multiple of the group size
+group_size); `group_size` must be a multiple of 64. int8 weights are VNNI-blocked at quantize time:
+w_q (Np / 16, Kp / 4, 16, 4), Np = round_up(N, 16), element [b, k4, j, kk] = W[16 b + j, 4 k4 + kk], so one
+64-byte load is the vpdpbusd operand for 4 inputs x 16 outputs (INT8_LAYOUT_VERSION 2; version 1 was the
+row-major (N, Kp) tensor, converted by repack_int8_weight). Every CPU path and the Triton kernels read this
+one layout. So a K that is not a multiple of the group size
 is padded, never rejected; the activations keep their width K.
 
-int4_weight_linear rounds the activations to bf16 (round to nearest even) before the dot product, on every
-path: the products bf16 x int4 are then exact in fp32, which lets AVX-512 BF16 CPUs use vdpbf16ps (32
-multiply-adds per instruction). The rounding error (2^-9 relative) is ~30 dB below int4's own.
+int4 weights are packed in the same blocked order: w_packed (Np / 16, Kp / 8, 16, 4) uint8, byte [b, p, j, kk]
+holding u = q + 8 of W[16 b + j, 8 p + kk] (low nibble) and W[16 b + j, 8 p + 4 + kk] (high nibble), so one
+64-byte load + mask / shift gives two vpdpbusd operands (INT4_LAYOUT_VERSION 2; version 1 was (N, Kp / 2)
+with 32-value nibble blocks, converted by repack_int4_weight). The int4 scales are stored group-major,
+w_scale (G, N) (version 1: (N, G)), so a group's scales for 16 adjacent outputs are one 64-byte load.
+
+int4_weight_linear quantizes the activations per token to 16 bits (q = round_half_even(x * 32639 / max|x_row|),
+fasttrain.ops.reference.quantize_per_token_int16_reference) on every path: the group sums q_x . q_w are then
+exact integers, which the VNNI kernel computes as two vpdpbusd per operand (q_x = 256 h + l, both signed
+bytes). The rounding error (2^-16 of the row's max) is ~70 dB below int4's own and below the bf16 rounding
+of activations (2^-9 of each value) the kernels used before.
 
 CPU tensors run the C++ kernels (fasttrain._C.quant: AVX-512 VNNI / AVX2 / scalar, GEMV for batch 1 and
 register-tiled GEMM for larger batches, OpenMP over output channels); CUDA tensors run the Triton
@@ -29,12 +41,18 @@ from fasttrain.ops._registry import OpSpec, register
 __all__ = [
     "quantize_int8_weight",
     "quantize_int4_weight",
+    "repack_int8_weight",
+    "repack_int4_weight",
     "int8_dynamic_linear",
     "int8_weight_linear",
     "int4_weight_linear",
 ]
 
 ALIGN_K = 64  # K padding of every packed layout (one 512-bit vector of int8)
+BLOCK_N = 16  # output columns per VNNI block of the int8 layout (one 512-bit vector of int32 sums)
+INT8_LAYOUT_VERSION = 2  # 1: row-major (N, Kp); 2: VNNI-blocked (Np / 16, Kp / 4, 16, 4)
+INT4_LAYOUT_VERSION = 2  # 1: (N, Kp / 2) in 32-value nibble blocks; 2: blocked (Np / 16, Kp / 8, 16, 4)
+MAX_GROUP_SIZE = 4096  # int4: exact int32 group sums of 16-bit activations x nibbles (csrc/quant/quant_avx512vnni.cpp)
 MAX_K_INT8_DYNAMIC = 65536  # 255 * 127 * Kp must fit the int32 accumulators of the VNNI kernel
 _X_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -46,8 +64,9 @@ def _round_up(n: int, m: int) -> int:
 def _check_group_size(op: str, group_size: int) -> int:
     if isinstance(group_size, bool) or not isinstance(group_size, int):
         raise TypeError(f"{op}: group_size must be an int (a multiple of 64, e.g. 128), got {group_size!r}")
-    if group_size < ALIGN_K or group_size % ALIGN_K:
-        raise ValueError(f"{op}: group_size must be a positive multiple of 64 (64, 128, 256, ...), got {group_size}")
+    if group_size < ALIGN_K or group_size % ALIGN_K or group_size > MAX_GROUP_SIZE:
+        raise ValueError(f"{op}: group_size must be a positive multiple of 64 (64, 128, 256, ...) up to "
+                         f"{MAX_GROUP_SIZE}, got {group_size}")
     return group_size
 
 
@@ -87,12 +106,18 @@ def _check_bias(op: str, bias, N: int, device) -> None:
 def _check_int8(op: str, x, w_q, w_scale, bias, w_sum=None) -> None:
     _check_x(op, x)
     K = x.shape[1]
-    _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=2, device=x.device)
-    N, Kp = w_q.shape
-    if Kp != _round_up(K, ALIGN_K):
-        raise ValueError(f"{op}: w_q has {Kp} columns but x has K={K} features; w_q must have round_up(K, 64) = "
-                         f"{_round_up(K, ALIGN_K)} (pack it with fasttrain.ops.quantize_int8_weight)")
-    _check(op, "w_scale", w_scale, dtypes=(torch.float32,), ndim=1, device=x.device, shape=(N,))
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32,), ndim=1, device=x.device)
+    N = w_scale.shape[0]
+    if isinstance(w_q, torch.Tensor) and w_q.dim() == 2:
+        raise ValueError(f"{op}: w_q has the row-major (N, Kp) int8 layout (layout version 1); "
+                         "the kernels take the VNNI-blocked (Np / 16, Kp / 4, 16, 4) layout: convert it with "
+                         "fasttrain.ops.quant.repack_int8_weight(w_q) or re-quantize with quantize_int8_weight")
+    Kp = _round_up(K, ALIGN_K)
+    _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=4, device=x.device)
+    if 4 * w_q.shape[1] != Kp:
+        raise ValueError(f"{op}: w_q holds {4 * w_q.shape[1]} padded inputs but x has K={K} features; w_q must hold "
+                         f"round_up(K, 64) = {Kp} (pack it with fasttrain.ops.quantize_int8_weight)")
+    _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=4, shape=(-(-N // BLOCK_N), Kp // 4, BLOCK_N, 4))
     if w_sum is not None:
         _check(op, "w_sum", w_sum, dtypes=(torch.int32,), ndim=1, device=x.device, shape=(N,))
         if K > MAX_K_INT8_DYNAMIC:
@@ -104,14 +129,19 @@ def _check_int4(op: str, x, w_packed, w_scale, group_size, bias) -> None:
     _check_x(op, x)
     _check_group_size(op, group_size)
     K = x.shape[1]
-    _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=2, device=x.device)
-    N, half = w_packed.shape
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=2, device=x.device)
+    if isinstance(w_packed, torch.Tensor) and w_packed.dim() == 2:
+        raise ValueError(f"{op}: w_packed has the (N, Kp / 2) int4 layout (layout version 1); the kernels take the "
+                         "blocked (Np / 16, Kp / 8, 16, 4) layout: convert it with "
+                         "fasttrain.ops.quant.repack_int4_weight(w_packed) or re-quantize with quantize_int4_weight")
+    _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4, device=x.device)
+    N = w_scale.shape[1]
     Kp = _round_up(K, group_size)
-    if 2 * half != Kp:
-        raise ValueError(f"{op}: w_packed has {half} bytes per row but K={K}, group_size={group_size} needs "
-                         f"round_up(K, group_size) / 2 = {Kp // 2} (pack it with fasttrain.ops.quantize_int4_weight)")
-    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=2, device=x.device,
-           shape=(N, Kp // group_size))
+    if 8 * w_packed.shape[1] != Kp:
+        raise ValueError(f"{op}: w_packed holds {8 * w_packed.shape[1]} padded inputs but K={K}, group_size="
+                         f"{group_size} needs round_up(K, group_size) = {Kp} (pack it with fasttrain.ops.quantize_int4_weight)")
+    _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4, shape=(-(-N // BLOCK_N), Kp // 8, BLOCK_N, 4))
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=2, shape=(Kp // group_size, N))
     _check_bias(op, bias, N, x.device)
 
 
@@ -127,21 +157,46 @@ def _ptr(t: torch.Tensor | None) -> int:
 # torch.library ops: 2-D x, packed weights as produced by the packers below.
 
 
-@torch.library.custom_op("fasttrain::int8_dynamic_linear", mutates_args=(), device_types="cpu")
-def _int8_dynamic_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
-                     bias: torch.Tensor | None) -> torch.Tensor:
-    _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
-    (M, K), (N, Kp) = x.shape, w_q.shape
+# CPU kernel calls on checked arguments: the bodies of the CPU ops, and the eager fast path of the
+# fasttrain.quant modules (which check their buffers once, not on every call; see QuantizedLinear.forward).
+
+
+def _int8_dynamic_cpu(x, w_q, w_scale, w_sum, bias):
+    (M, K), N, Kp = x.shape, w_scale.shape[0], 4 * w_q.shape[1]
     y = _out(x, N)
     _C.quant.int8_dynamic_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
                                  w_sum.data_ptr(), _ptr(bias), y.data_ptr(), N, Kp, num_threads())
     return y.to(x.dtype)
 
 
+def _int8_weight_cpu(x, w_q, w_scale, bias):
+    (M, K), N, Kp = x.shape, w_scale.shape[0], 4 * w_q.shape[1]
+    y = _out(x, N)
+    _C.quant.int8_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
+                                _ptr(bias), y.data_ptr(), N, Kp, num_threads())
+    return y.to(x.dtype)
+
+
+def _int4_weight_cpu(x, w_packed, w_scale, group_size, bias):
+    (M, K), N = x.shape, w_scale.shape[1]
+    y = _out(x, N)
+    _C.quant.int4_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_packed.data_ptr(),
+                                w_scale.data_ptr(), w_scale.dtype == torch.bfloat16, group_size, _ptr(bias),
+                                y.data_ptr(), N, 8 * w_packed.shape[1], num_threads())
+    return y.to(x.dtype)
+
+
+@torch.library.custom_op("fasttrain::int8_dynamic_linear", mutates_args=(), device_types="cpu")
+def _int8_dynamic_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
+    return _int8_dynamic_cpu(x, w_q, w_scale, w_sum, bias)
+
+
 @_int8_dynamic_op.register_fake
 def _(x, w_q, w_scale, w_sum, bias):
     _check_int8("fasttrain.ops.int8_dynamic_linear", x, w_q, w_scale, bias, w_sum)
-    return x.new_empty((x.shape[0], w_q.shape[0]))
+    return x.new_empty((x.shape[0], w_scale.shape[0]))
 
 
 @_int8_dynamic_op.register_kernel("cuda")
@@ -156,17 +211,13 @@ def _(x, w_q, w_scale, w_sum, bias):
 def _int8_weight_op(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
                     bias: torch.Tensor | None) -> torch.Tensor:
     _check_int8("fasttrain.ops.int8_weight_linear", x, w_q, w_scale, bias)
-    (M, K), (N, Kp) = x.shape, w_q.shape
-    y = _out(x, N)
-    _C.quant.int8_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_q.data_ptr(), w_scale.data_ptr(),
-                                _ptr(bias), y.data_ptr(), N, Kp, num_threads())
-    return y.to(x.dtype)
+    return _int8_weight_cpu(x, w_q, w_scale, bias)
 
 
 @_int8_weight_op.register_fake
 def _(x, w_q, w_scale, bias):
     _check_int8("fasttrain.ops.int8_weight_linear", x, w_q, w_scale, bias)
-    return x.new_empty((x.shape[0], w_q.shape[0]))
+    return x.new_empty((x.shape[0], w_scale.shape[0]))
 
 
 @_int8_weight_op.register_kernel("cuda")
@@ -181,18 +232,13 @@ def _(x, w_q, w_scale, bias):
 def _int4_weight_op(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int,
                     bias: torch.Tensor | None) -> torch.Tensor:
     _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
-    (M, K), N = x.shape, w_packed.shape[0]
-    y = _out(x, N)
-    _C.quant.int4_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_packed.data_ptr(),
-                                w_scale.data_ptr(), w_scale.dtype == torch.bfloat16, group_size, _ptr(bias),
-                                y.data_ptr(), N, 2 * w_packed.shape[1], num_threads())
-    return y.to(x.dtype)
+    return _int4_weight_cpu(x, w_packed, w_scale, group_size, bias)
 
 
 @_int4_weight_op.register_fake
 def _(x, w_packed, w_scale, group_size, bias):
     _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
-    return x.new_empty((x.shape[0], w_packed.shape[0]))
+    return x.new_empty((x.shape[0], w_scale.shape[1]))
 
 
 @_int4_weight_op.register_kernel("cuda")
@@ -219,8 +265,9 @@ def _as_2d(op: str, x) -> torch.Tensor:
 
 @torch.no_grad()
 def quantize_int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: weight (N, K) float -> (w_q (N, Kp) int8, w_scale (N,) fp32,
-    w_sum (N,) int32), Kp = round_up(K, 64) zero padded. An all-zero row gets scale 1 (its q is 0)."""
+    """Symmetric per-output-channel int8: weight (N, K) float -> (w_q (Np / 16, Kp / 4, 16, 4) int8 VNNI-blocked,
+    w_scale (N,) fp32, w_sum (N,) int32), Kp = round_up(K, 64), Np = round_up(N, 16), zero padded. An all-zero
+    row gets scale 1 (its q is 0)."""
     op = "fasttrain.ops.quantize_int8_weight"
     _check(op, "weight", weight, dtypes=(torch.float32, torch.bfloat16, torch.float16), ndim=2)
     w = weight.detach().float()
@@ -228,16 +275,63 @@ def quantize_int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     amax = w.abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    w_q = torch.zeros((N, _round_up(K, ALIGN_K)), dtype=torch.int8, device=w.device)
-    w_q[:, :K] = q
-    return w_q, scale.contiguous(), q.sum(dim=1, dtype=torch.int32)
+    return _block_int8(q), scale.contiguous(), q.sum(dim=1, dtype=torch.int32)
+
+
+def _block_int8(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 -> zero-padded VNNI-blocked (Np / 16, Kp / 4, 16, 4)."""
+    N, K = q.shape
+    Np, Kp = _round_up(N, BLOCK_N), _round_up(K, ALIGN_K)
+    padded = torch.nn.functional.pad(q, (0, Kp - K, 0, Np - N))
+    return padded.reshape(Np // BLOCK_N, BLOCK_N, Kp // 4, 4).permute(0, 2, 1, 3).contiguous()
+
+
+def _block_int4(u: torch.Tensor) -> torch.Tensor:
+    """(N, Kp) nibbles u = q + 8 (int16, Kp a multiple of 64) -> blocked (Np / 16, Kp / 8, 16, 4) uint8."""
+    N, Kp = u.shape
+    Np = _round_up(N, BLOCK_N)
+    u = torch.nn.functional.pad(u, (0, 0, 0, Np - N), value=8)  # padded channels hold q = 0
+    u = u.reshape(Np // BLOCK_N, BLOCK_N, Kp // 8, 2, 4).permute(0, 2, 3, 1, 4)  # (b, p, half, j, kk)
+    return (u[:, :, 0] | (u[:, :, 1] << 4)).to(torch.uint8).contiguous()
+
+
+@torch.no_grad()
+def repack_int4_weight(w_packed: torch.Tensor) -> torch.Tensor:
+    """Layout version 1 -> 2: (N, Kp / 2) int4 (byte j of each 16-byte block: value j low, value j + 16 high)
+    -> blocked (Np / 16, Kp / 8, 16, 4). The version-1 w_scale (N, G) becomes w_scale.T.contiguous(). A 4-D
+    tensor is returned as is."""
+    op = "fasttrain.ops.quant.repack_int4_weight"
+    if isinstance(w_packed, torch.Tensor) and w_packed.dim() == 4:
+        _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4)
+        return w_packed
+    _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=2)
+    N, half = w_packed.shape
+    if half % (ALIGN_K // 2):
+        raise ValueError(f"{op}: a version-1 w_packed has a multiple of 32 bytes per row, got shape {tuple(w_packed.shape)}")
+    b = w_packed.reshape(N, half // 16, 16).to(torch.int16)
+    u = torch.stack([b & 15, b >> 4], dim=2).reshape(N, 2 * half)
+    return _block_int4(u)
+
+
+@torch.no_grad()
+def repack_int8_weight(w_q: torch.Tensor) -> torch.Tensor:
+    """Layout version 1 -> 2: row-major (N, Kp) int8 weights (fasttrain before the VNNI-blocked layout) ->
+    (Np / 16, Kp / 4, 16, 4). w_scale and w_sum are unchanged. A 4-D (already blocked) tensor is returned as is."""
+    op = "fasttrain.ops.quant.repack_int8_weight"
+    if isinstance(w_q, torch.Tensor) and w_q.dim() == 4:
+        _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=4)
+        return w_q
+    _check(op, "w_q", w_q, dtypes=(torch.int8,), ndim=2)
+    if w_q.shape[1] % ALIGN_K:
+        raise ValueError(f"{op}: a version-1 w_q has a multiple of 64 columns, got shape {tuple(w_q.shape)}")
+    return _block_int8(w_q)
 
 
 @torch.no_grad()
 def quantize_int4_weight(
     weight: torch.Tensor, group_size: int = 128, scale_dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric groupwise int4: weight (N, K) float -> (w_packed (N, Kp / 2) uint8, w_scale (N, Kp / group_size)
+    """Symmetric groupwise int4: weight (N, K) float -> (w_packed (Np / 16, Kp / 8, 16, 4) uint8, w_scale (Kp / group_size, N)
     `scale_dtype`), Kp = round_up(K, group_size) zero padded; scale = max|w_group| / 7, q in [-8, 7], rounded
     against the stored (possibly bf16) scale. Layout: see fasttrain.ops.reference.dequantize_int4_reference."""
     op = "fasttrain.ops.quantize_int4_weight"
@@ -252,9 +346,7 @@ def quantize_int4_weight(
     amax = w.abs().amax(dim=2)
     scale = torch.where(amax > 0, amax / 7.0, torch.ones_like(amax)).to(scale_dtype)
     q = torch.round(w / scale.float()[:, :, None]).clamp_(-8, 7).to(torch.int16) + 8
-    q = q.reshape(N, Kp // 32, 2, 16)
-    packed = (q[:, :, 0, :] | (q[:, :, 1, :] << 4)).to(torch.uint8).reshape(N, Kp // 2)
-    return packed.contiguous(), scale.contiguous()
+    return _block_int4(q.reshape(N, Kp)), scale.T.contiguous()
 
 
 def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
@@ -265,7 +357,7 @@ def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tenso
     bias: (N,) fp32 or None. Returns (..., N) in x's dtype. K <= 65536.
     """
     x2 = _as_2d("fasttrain.ops.int8_dynamic_linear", x)
-    return _int8_dynamic_op(x2, w_q, w_scale, w_sum, bias).reshape(*x.shape[:-1], w_q.shape[0])
+    return _int8_dynamic_op(x2, w_q, w_scale, w_sum, bias).reshape(*x.shape[:-1], w_scale.shape[0])
 
 
 def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
@@ -276,19 +368,20 @@ def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor
     Returns (..., N) in x's dtype.
     """
     x2 = _as_2d("fasttrain.ops.int8_weight_linear", x)
-    return _int8_weight_op(x2, w_q, w_scale, bias).reshape(*x.shape[:-1], w_q.shape[0])
+    return _int8_weight_op(x2, w_q, w_scale, bias).reshape(*x.shape[:-1], w_scale.shape[0])
 
 
 def int4_weight_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int = 128,
                        bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Linear layer with groupwise int4 weights (fp32 or bf16 scales): bf16-rounded activations, fp32 sums.
+    """Linear layer with groupwise int4 weights (fp32 or bf16 scales): per-token 16-bit activations, exact
+    integer group sums, fp32 scaling.
 
     x: (..., K) fp32/bf16 contiguous; w_packed, w_scale from quantize_int4_weight(weight, group_size);
     bias: (N,) fp32 or None. Returns (..., N) in x's dtype.
     """
     x2 = _as_2d("fasttrain.ops.int4_weight_linear", x)
     _check_group_size("fasttrain.ops.int4_weight_linear", group_size)  # before the dispatcher's own type error
-    return _int4_weight_op(x2, w_packed, w_scale, group_size, bias).reshape(*x.shape[:-1], w_packed.shape[0])
+    return _int4_weight_op(x2, w_packed, w_scale, group_size, bias).reshape(*x.shape[:-1], w_scale.shape[1])
 
 
 def _samples_int8(dynamic: bool):

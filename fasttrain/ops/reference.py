@@ -431,9 +431,20 @@ def quantize_per_token_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """
     x = x.float()
     amax = x.abs().amax(dim=-1)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    # torch.full_like(...) / amax, not 127.0 / amax: a Python number over a tensor is computed as
+    # reciprocal(amax) * 127, one rounding more than the kernels' correctly rounded fp32 division.
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     q = torch.round(x * inv[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, amax / 127.0
+
+
+def unblock_int8_reference(w_q: torch.Tensor, N: int) -> torch.Tensor:
+    """VNNI-blocked int8 weights (Np / 16, Kp / 4, 16, 4) -> row-major (N, Kp): element [b, k4, j, kk] is
+    W[16 b + j, 4 k4 + kk] (csrc/quant/quant.h). A 2-D (N, Kp) tensor (layout version 1) passes through."""
+    if w_q.dim() == 2:
+        return w_q[:N]
+    nb, k4, _, _ = w_q.shape
+    return w_q.permute(0, 2, 1, 3).reshape(nb * 16, k4 * 4)[:N]
 
 
 @torch.no_grad()
@@ -442,13 +453,13 @@ def int8_dynamic_linear_reference(
 ) -> torch.Tensor:
     """y = (q_x @ w_q^T) * s_x s_w + bias with per-token int8 activations and an exact integer dot.
 
-    x: (M, K) fp32/bf16; w_q: (N, Kp) int8; w_scale: (N,) fp32; w_sum: (N,) int32 (unused: only the
-    VNNI kernel needs it); bias: (N,) fp32 or None. Returns (M, N) in x's dtype.
+    x: (M, K) fp32/bf16; w_q: (Np / 16, Kp / 4, 16, 4) int8 (see unblock_int8_reference); w_scale: (N,) fp32;
+    w_sum: (N,) int32 (unused: only the VNNI kernel needs it); bias: (N,) fp32 or None. Returns (M, N) in x's dtype.
     """
     del w_sum
     K = x.shape[-1]
     q, sx = quantize_per_token_reference(x)
-    acc = q.double() @ w_q[:, :K].double().T  # exact: every partial sum is an integer below 2^53
+    acc = q.double() @ unblock_int8_reference(w_q, w_scale.shape[0])[:, :K].double().T  # exact: every partial sum is an integer below 2^53
     y = acc.float() * (sx[:, None] * w_scale[None, :])
     if bias is not None:
         y = y + bias
@@ -460,25 +471,47 @@ def int8_weight_linear_reference(
     x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None,
     *, dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """y = x @ (w_q * w_scale)^T + bias, computed in `dtype`. x: (M, K); w_q: (N, Kp) int8; w_scale: (N,) fp32."""
+    """y = x @ (w_q * w_scale)^T + bias, computed in `dtype`. x: (M, K); w_q: blocked int8 (see
+    unblock_int8_reference); w_scale: (N,) fp32."""
     K = x.shape[-1]
-    w = w_q[:, :K].to(dtype) * w_scale.to(dtype)[:, None]
+    w = unblock_int8_reference(w_q, w_scale.shape[0])[:, :K].to(dtype) * w_scale.to(dtype)[:, None]
     y = x.to(dtype) @ w.T
     if bias is not None:
         y = y + bias.to(dtype)
     return y
 
 
-def dequantize_int4_reference(w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(N, Kp / 2) uint8 packed int4 + (N, Kp / group_size) scales -> (N, Kp) fp32 weights.
+INT16_QMAX = 32639  # per-token int16 activations of int4_weight_linear: 127 * 256 + 127 (see quantize_per_token_int16)
 
-    Packing (csrc/quant/quant.h): in each block of 32 values along K, byte j holds value j + 8 in its low
-    nibble and value j + 16 (+ 8) in its high nibble.
+
+def quantize_per_token_int16_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-token 16-bit quantization of the int4 kernels' activations: (M, K) -> (q (M, K) int32 in
+    [-32639, 32639], scale (M,) fp32). scale = max|x_row| / 32639, q = round_half_even(x * (32639 / max|x_row|));
+    an all-zero row gets scale 0. 32639 = 127 * 256 + 127, so q splits exactly into two signed bytes
+    q = 256 h + l (h, l in [-127, 127] and [-128, 127]), the s8 operands of vpdpbusd."""
+    x = x.float()
+    amax = x.abs().amax(dim=-1)
+    inv = torch.where(amax > 0, torch.full_like(amax, INT16_QMAX) / amax, torch.zeros_like(amax))  # (see above)
+    q = torch.round(x * inv[:, None]).clamp_(-INT16_QMAX, INT16_QMAX).to(torch.int32)
+    return q, amax / INT16_QMAX
+
+
+def unpack_int4_reference(w_packed: torch.Tensor, N: int) -> torch.Tensor:
+    """Blocked int4 (Np / 16, Kp / 8, 16, 4) uint8 -> (N, Kp) int16 values q in [-8, 7].
+
+    Packing (csrc/quant/quant.h): byte [b, p, j, kk] holds u = q + 8 of W[16 b + j, 8 p + kk] in its low
+    nibble and of W[16 b + j, 8 p + 4 + kk] in its high nibble.
     """
-    N, half = w_packed.shape
-    b = w_packed.reshape(N, half // 16, 16).to(torch.int16)
-    q = torch.stack([b & 15, b >> 4], dim=2).reshape(N, 2 * half) - 8  # (N, blocks, 2, 16) -> (N, Kp)
-    s = w_scale.float().repeat_interleave(group_size, dim=1)
+    nb, k8, _, _ = w_packed.shape
+    b = w_packed.to(torch.int16)
+    q = torch.stack([b & 15, b >> 4], dim=2)  # (nb, k8, 2, 16, 4): [.., 0, ..] is k 8p..8p+3, [.., 1, ..] 8p+4..
+    return q.permute(0, 3, 1, 2, 4).reshape(nb * 16, k8 * 8)[:N] - 8
+
+
+def dequantize_int4_reference(w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Blocked int4 (Np / 16, Kp / 8, 16, 4) uint8 + (Kp / group_size, N) group-major scales -> (N, Kp) fp32."""
+    q = unpack_int4_reference(w_packed, w_scale.shape[1])
+    s = w_scale.float().T.repeat_interleave(group_size, dim=1)
     return q.float() * s
 
 
@@ -487,11 +520,18 @@ def int4_weight_linear_reference(
     x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int,
     bias: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """y = bf16(x) @ dequant(w)^T + bias in `dtype`. x: (M, K); w_packed: (N, Kp / 2) uint8; w_scale: (N, G)
-    fp32/bf16. The activations are rounded to bf16 first, as the kernels do (see fasttrain.ops.quant)."""
-    K = x.shape[-1]
-    w = dequantize_int4_reference(w_packed, w_scale, group_size)[:, :K].to(dtype)
-    y = x.to(torch.bfloat16).to(dtype) @ w.T
+    """y[m, n] = s_x[m] sum_g s[n, g] (sum_{k in g} q_x[m, k] q_w[n, k]) + bias[n], the integer group sums
+    exact, the rest in `dtype`. x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (G, N) fp32/bf16.
+    The activations are quantized per token to 16 bits first (quantize_per_token_int16_reference), as the
+    kernels do (see fasttrain.ops.quant)."""
+    M, K = x.shape
+    G, N = w_scale.shape
+    qx, sx = quantize_per_token_int16_reference(x)
+    qw = unpack_int4_reference(w_packed, N)[:, :K]
+    # exact: |sum| < 2^31 and fp64 holds every partial sum
+    t = torch.einsum("mgk,ngk->mng", torch.nn.functional.pad(qx, (0, G * group_size - K)).double().reshape(M, G, -1),
+                     torch.nn.functional.pad(qw, (0, G * group_size - K)).double().reshape(N, G, -1))
+    y = (t.to(dtype) * w_scale.to(dtype).T[None]).sum(dim=2) * sx.to(dtype)[:, None]
     if bias is not None:
         y = y + bias.to(dtype)
     return y

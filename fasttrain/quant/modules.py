@@ -24,14 +24,37 @@ class QuantizedLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
+    _checked = None  # (data_ptr, version) of every buffer when they last passed the op layer's checks
+
     def _compute(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _compute_cpu(self, x2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The CPU kernel on checked buffers: x2 (M, in_features) contiguous fp32/bf16 -> (M, out_features)."""
+        raise NotImplementedError
+
+    def _buffers_key(self) -> tuple:
+        return tuple((b.data_ptr(), b._version, b.device) for b in self._buffers.values() if b is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         if dtype not in (torch.float32, torch.bfloat16):
             x = x.float()
-        y = self._compute(x.contiguous())
+        x = x.contiguous()
+        # Eager CPU fast path: at batch 1 a layer's kernel takes ~50-100 us, and the torch.library dispatch
+        # plus per-call argument checks cost ~30 us of it. The buffers are checked (through the op) on the
+        # first call and again whenever one is replaced or modified in place (data_ptr / version change);
+        # traced or compiled code, autograd inputs and CUDA take the op.
+        if (x.device.type == "cpu" and x.dim() >= 1 and x.shape[-1] == self.in_features
+                and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled())):
+            key = self._buffers_key()
+            if key == self._checked:
+                y = self._compute_cpu(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+                return y if y.dtype == dtype else y.to(dtype)
+            y = self._compute(x)
+            self._checked = key
+        else:
+            y = self._compute(x)
         return y if y.dtype == dtype else y.to(dtype)
 
     def weight_bytes(self) -> int:
@@ -43,10 +66,15 @@ class QuantizedLinear(nn.Module):
 
 
 class _Int8(QuantizedLinear):
+    # nn.Module's state_dict versioning: version 2 stores w_q VNNI-blocked (fasttrain.ops.quant); version 1
+    # (or a checkpoint without metadata) stored it row-major (N, Kp) and is repacked on load.
+    _version = qops.INT8_LAYOUT_VERSION
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         kp = qops._round_up(in_features, qops.ALIGN_K)
-        self.register_buffer("w_q", torch.zeros(out_features, kp, dtype=torch.int8))
+        npad = qops._round_up(out_features, qops.BLOCK_N)
+        self.register_buffer("w_q", torch.zeros(npad // qops.BLOCK_N, kp // 4, qops.BLOCK_N, 4, dtype=torch.int8))
         self.register_buffer("w_scale", torch.ones(out_features))
         self.register_buffer("w_sum", torch.zeros(out_features, dtype=torch.int32))
 
@@ -59,6 +87,22 @@ class _Int8(QuantizedLinear):
             m.bias = linear.bias.detach().float().clone()
         return m.to(linear.weight.device)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "w_q"
+        w_q = state_dict.get(key)
+        # The shape decides, not only the metadata version: state dicts re-saved through formats that drop
+        # torch's metadata (safetensors) still carry a 2-D version-1 tensor.
+        if isinstance(w_q, torch.Tensor) and w_q.dim() == 2:
+            expected = (self.out_features, qops._round_up(self.in_features, qops.ALIGN_K))
+            if tuple(w_q.shape) != expected:
+                raise RuntimeError(f"{type(self).__name__}: {key} has the version-1 (N, Kp) int8 layout but shape "
+                                   f"{tuple(w_q.shape)}; this layer needs {expected} (in_features={self.in_features}, "
+                                   f"out_features={self.out_features})")
+            state_dict[key] = qops.repack_int8_weight(w_q.contiguous())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
 
 class Int8DynamicLinear(_Int8):
     """int8 weights (per output channel) x int8 activations (per token, at run time), int32 accumulation."""
@@ -67,6 +111,9 @@ class Int8DynamicLinear(_Int8):
 
     def _compute(self, x):
         return qops.int8_dynamic_linear(x, self.w_q, self.w_scale, self.w_sum, self.bias)
+
+    def _compute_cpu(self, x2):
+        return qops._int8_dynamic_cpu(x2, self.w_q, self.w_scale, self.w_sum, self.bias)
 
 
 class Int8WeightLinear(_Int8):
@@ -77,19 +124,25 @@ class Int8WeightLinear(_Int8):
     def _compute(self, x):
         return qops.int8_weight_linear(x, self.w_q, self.w_scale, self.bias)
 
+    def _compute_cpu(self, x2):
+        return qops._int8_weight_cpu(x2, self.w_q, self.w_scale, self.bias)
+
 
 class Int4WeightLinear(QuantizedLinear):
-    """int4 weights in groups of `group_size` inputs with fp32 or bf16 scales, fp32 arithmetic."""
+    """int4 weights in groups of `group_size` inputs with fp32 or bf16 scales; activations quantized per token
+    to 16 bits, exact integer group sums, fp32 scaling (fasttrain.ops.int4_weight_linear)."""
 
     scheme = "int4-weight"
+    _version = qops.INT4_LAYOUT_VERSION  # 2: blocked w_packed; version-1 (N, Kp / 2) state dicts are repacked
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128,
                  scale_dtype: torch.dtype = torch.float32) -> None:
         super().__init__(in_features, out_features, bias)
         self.group_size = qops._check_group_size("fasttrain.quant.Int4WeightLinear", group_size)
         kp = qops._round_up(in_features, group_size)
-        self.register_buffer("w_packed", torch.full((out_features, kp // 2), 0x88, dtype=torch.uint8))
-        self.register_buffer("w_scale", torch.ones(out_features, kp // group_size, dtype=scale_dtype))
+        nblocks = qops._round_up(out_features, qops.BLOCK_N) // qops.BLOCK_N
+        self.register_buffer("w_packed", torch.full((nblocks, kp // 8, qops.BLOCK_N, 4), 0x88, dtype=torch.uint8))
+        self.register_buffer("w_scale", torch.ones(kp // group_size, out_features, dtype=scale_dtype))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128, scale_dtype: torch.dtype = torch.float32):
@@ -99,8 +152,28 @@ class Int4WeightLinear(QuantizedLinear):
             m.bias = linear.bias.detach().float().clone()
         return m.to(linear.weight.device)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "w_packed"
+        w = state_dict.get(key)
+        if isinstance(w, torch.Tensor) and w.dim() == 2:  # layout version 1 (see _Int8._load_from_state_dict)
+            expected = (self.out_features, qops._round_up(self.in_features, self.group_size) // 2)
+            if tuple(w.shape) != expected:
+                raise RuntimeError(f"{type(self).__name__}: {key} has the version-1 (N, Kp / 2) int4 layout but shape "
+                                   f"{tuple(w.shape)}; this layer needs {expected} (in_features={self.in_features}, "
+                                   f"out_features={self.out_features}, group_size={self.group_size})")
+            state_dict[key] = qops.repack_int4_weight(w.contiguous())
+            scale = state_dict.get(prefix + "w_scale")
+            if isinstance(scale, torch.Tensor) and scale.dim() == 2:  # version 1 scales were (N, G)
+                state_dict[prefix + "w_scale"] = scale.T.contiguous()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def _compute(self, x):
         return qops.int4_weight_linear(x, self.w_packed, self.w_scale, self.group_size, self.bias)
+
+    def _compute_cpu(self, x2):
+        return qops._int4_weight_cpu(x2, self.w_packed, self.w_scale, self.group_size, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}, scale_dtype={self.w_scale.dtype}"

@@ -13,12 +13,16 @@ from fasttrain.ops import (
     quantize_int4_weight,
     quantize_int8_weight,
 )
+from fasttrain.ops.quant import repack_int4_weight, repack_int8_weight
 from fasttrain.ops.reference import (
     dequantize_int4_reference,
     int4_weight_linear_reference,
     int8_dynamic_linear_reference,
     int8_weight_linear_reference,
+    quantize_per_token_int16_reference,
     quantize_per_token_reference,
+    unblock_int8_reference,
+    unpack_int4_reference,
 )
 
 MS = [1, 7, 33]
@@ -84,18 +88,19 @@ def test_int8_weight_matches_reference(isa, M, K, N, dtype):
 @pytest.mark.parametrize("K,N", KN)
 @pytest.mark.parametrize("group_size", [64, 128])
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_int4_weight_matches_reference(int4_kernel, M, K, N, group_size, scale_dtype):
+def test_int4_weight_matches_reference(isa, M, K, N, group_size, scale_dtype):
     x, w, b = make(M, K, N)
     w_packed, w_scale = quantize_int4_weight(w, group_size, scale_dtype)
     Kp = -(-K // group_size) * group_size
-    assert w_packed.shape == (N, Kp // 2) and w_scale.shape == (N, Kp // group_size) and w_scale.dtype == scale_dtype
+    assert w_packed.shape == (-(-N // 16), Kp // 8, 16, 4) and w_scale.shape == (Kp // group_size, N)
+    assert w_scale.dtype == scale_dtype
     ours = int4_weight_linear(x, w_packed, w_scale, group_size, b)
     ref64 = int4_weight_linear_reference(x, w_packed, w_scale, group_size, b, dtype=torch.float64)
     ref32 = int4_weight_linear_reference(x, w_packed, w_scale, group_size, b)
     fp_tolerance(ours.double() - ref64, ref32, ref64)
 
 
-def test_int4_bf16_activations(int4_kernel):
+def test_int4_bf16_activations(isa):
     x, w, b = make(7, 130, 5)
     w_packed, w_scale = quantize_int4_weight(w, 64)
     ours = int4_weight_linear(x.bfloat16(), w_packed, w_scale, 64, b)
@@ -115,15 +120,35 @@ def test_leading_dims_are_kept(isa):
 def test_packers_round_trip():
     _, w, _ = make(1, 130, 5)
     w_q, w_scale, w_sum = quantize_int8_weight(w)
-    assert w_q.shape == (5, 192) and torch.all(w_q[:, 130:] == 0)
-    assert torch.equal(w_sum, w_q.sum(1, dtype=torch.int32))
+    assert w_q.shape == (1, 48, 16, 4)  # (Np / 16, Kp / 4, 16, 4): N = 5 padded to 16, K = 130 to 192
+    rows = unblock_int8_reference(w_q, 16)
+    assert torch.all(rows[:, 130:] == 0) and torch.all(rows[5:] == 0)
+    rows = rows[:5]
+    assert torch.equal(w_sum, rows.sum(1, dtype=torch.int32))
     # Half a quantization step is the largest rounding error of a symmetric round-to-nearest quantizer.
-    assert torch.all((w_q[:, :130].float() * w_scale[:, None] - w).abs() <= w_scale[:, None] / 2 + 1e-7)
+    assert torch.all((rows[:, :130].float() * w_scale[:, None] - w).abs() <= w_scale[:, None] / 2 + 1e-7)
     w_packed, s = quantize_int4_weight(w, 64)
     deq = dequantize_int4_reference(w_packed, s, 64)
     assert torch.all(deq[:, 130:] == 0)
-    step = s.repeat_interleave(64, dim=1)[:, :130]
+    step = s.T.repeat_interleave(64, dim=1)[:, :130]
     assert torch.all((deq[:, :130] - w).abs() <= step / 2 + 1e-7)
+
+
+def test_int8_blocked_layout_and_version_1_repack():
+    # Element [b, k4, j, kk] of the VNNI-blocked layout is W[16 b + j, 4 k4 + kk] (csrc/quant/quant.h).
+    _, w, _ = make(1, 70, 37)
+    w_q, w_scale, w_sum = quantize_int8_weight(w)
+    rows = unblock_int8_reference(w_q, 37)
+    for n, k in [(0, 0), (5, 3), (17, 66), (36, 69), (33, 4)]:
+        assert w_q[n // 16, k // 4, n % 16, k % 4] == rows[n, k]
+    # A version-1 (row-major (N, Kp)) tensor repacks to the same bytes and is refused by the ops, naming the fix.
+    v1 = rows.contiguous()
+    assert v1.shape == (37, 128) and torch.equal(repack_int8_weight(v1), w_q)
+    assert repack_int8_weight(w_q) is w_q
+    with pytest.raises(ValueError, match="layout version 1.*repack_int8_weight"):
+        int8_weight_linear(torch.randn(2, 70), v1, w_scale)
+    with pytest.raises(ValueError, match="multiple of 64 columns"):
+        repack_int8_weight(v1[:, :70].contiguous())
 
 
 def test_per_token_quantization_is_symmetric_and_handles_zero_rows():
@@ -153,16 +178,31 @@ def test_sqnr_against_unquantized(isa, scheme, min_db):
 
 
 def test_every_isa_path_is_exercised(isa):
-    expected = {"avx512": {"avx512vnni+bf16", "avx512vnni", "avx2"}, "avx2": {"avx2"}, "scalar": {"scalar"}}[isa]
+    expected = {"avx512": {"avx512vnni", "avx2"}, "avx2": {"avx2"}, "scalar": {"scalar"}}[isa]
     assert _C.quant.kernel_path() in expected
 
 
-@pytest.fixture(params=["bf16", "fp32"])
-def int4_kernel(request, isa):
-    """On AVX-512 BF16 CPUs, runs the int4 tests through both the vdpbf16ps kernel and the fp32 one."""
-    _C.quant.allow_bf16(request.param == "bf16")
-    yield request.param
-    _C.quant.allow_bf16(True)
+def test_int4_blocked_layout_and_version_1_repack():
+    # Byte [b, p, j, kk]: W[16 b + j, 8 p + kk] in the low nibble, W[16 b + j, 8 p + 4 + kk] in the high one.
+    _, w, _ = make(1, 130, 37)
+    w_packed, w_scale = quantize_int4_weight(w, 64)
+    q = unpack_int4_reference(w_packed, 37)
+    for n, k in [(0, 0), (5, 3), (17, 66), (36, 129), (33, 4), (20, 7)]:
+        byte = int(w_packed[n // 16, k // 8, n % 16, k % 4])
+        assert (byte & 15 if k % 8 < 4 else byte >> 4) - 8 == q[n, k]
+    # Version 1: (N, Kp / 2), byte j of each 16-byte block = value j (low) | value j + 16 (high).
+    u = (q + 8).reshape(37, -1, 2, 16)
+    v1 = (u[:, :, 0] | (u[:, :, 1] << 4)).to(torch.uint8).reshape(37, -1)
+    assert v1.shape == (37, 96) and torch.equal(repack_int4_weight(v1)[:, :, :5], w_packed[:, :, :5])
+    assert torch.equal(repack_int4_weight(v1)[:2], w_packed[:2]) and repack_int4_weight(w_packed) is w_packed
+    with pytest.raises(ValueError, match="layout version 1.*repack_int4_weight"):
+        int4_weight_linear(torch.randn(2, 130), v1, w_scale, 64)
+
+
+def test_int4_activations_are_16_bit_per_token():
+    x = torch.tensor([[0.0, 0.0], [1.0, -0.5]])
+    q, s = quantize_per_token_int16_reference(x)
+    assert q[0].tolist() == [0, 0] and s[0] == 0 and q[1].tolist() == [32639, -16320]  # -16319.5: half to even
 
 
 # ---- bad input --------------------------------------------------------------------------------------
@@ -205,6 +245,6 @@ def test_non_contiguous_and_device_errors(packed):
     with pytest.raises(ValueError, match="`x` is not contiguous"):
         int8_dynamic_linear(torch.randn(130, 3).T, w_q, w_scale, w_sum, b)
     with pytest.raises(ValueError, match="`w_q` is not contiguous"):
-        int8_weight_linear(x, torch.zeros(192, 4, dtype=torch.int8).T, w_scale, b)
+        int8_weight_linear(x, torch.zeros(1, 48, 4, 16, dtype=torch.int8).transpose(2, 3), w_scale, b)
     with pytest.raises(ValueError, match="meta but x is on cpu"):
         int8_weight_linear(x, w_q, w_scale.to("meta"), b)

@@ -124,3 +124,39 @@ def test_bad_arguments():
         quantize("model")
     with pytest.raises(TypeError, match="bare nn.Linear"):
         quantize(nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("cls", [Int8DynamicLinear, Int8WeightLinear])
+def test_int8_version_1_state_dict_is_repacked(cls):
+    # A checkpoint from before the VNNI-blocked layout holds w_q row-major (N, Kp): loading repacks it.
+    from fasttrain.ops.reference import unblock_int8_reference
+
+    lin = nn.Linear(70, 37)
+    q = cls.from_linear(lin)
+    old = {k: v.clone() for k, v in q.state_dict().items()}
+    old["w_q"] = unblock_int8_reference(old["w_q"], 37).contiguous()
+    assert old["w_q"].shape == (37, 128)
+    fresh = cls(70, 37)
+    fresh.load_state_dict(old)
+    x = torch.randn(3, 70)
+    assert torch.equal(fresh(x), q(x)) and fresh.w_q.shape == (3, 32, 16, 4)
+    old["w_q"] = old["w_q"][:36].contiguous()
+    with pytest.raises(RuntimeError, match="version-1.*shape \\(36, 128\\).*needs \\(37, 128\\)"):
+        cls(70, 37).load_state_dict(old)
+
+
+def test_int4_version_1_state_dict_is_repacked():
+    from fasttrain.ops.reference import unpack_int4_reference
+
+    q = Int4WeightLinear.from_linear(nn.Linear(70, 37), group_size=64)
+    old = {k: v.clone() for k, v in q.state_dict().items()}
+    u = (unpack_int4_reference(old["w_packed"], 37) + 8).reshape(37, -1, 2, 16)  # version 1: 32-value nibble blocks
+    old["w_packed"] = (u[:, :, 0] | (u[:, :, 1] << 4)).to(torch.uint8).reshape(37, -1)
+    old["w_scale"] = old["w_scale"].T.contiguous()  # version 1: (N, G)
+    fresh = Int4WeightLinear(70, 37, group_size=64)
+    fresh.load_state_dict(old)
+    x = torch.randn(3, 70)
+    assert torch.equal(fresh(x), q(x)) and fresh.w_packed.shape == (3, 16, 16, 4)
+    old["w_packed"] = old["w_packed"][:, :16].contiguous()
+    with pytest.raises(RuntimeError, match="version-1.*needs \\(37, 64\\)"):
+        Int4WeightLinear(70, 37, group_size=64).load_state_dict(old)
