@@ -6,7 +6,8 @@ each claims the next batch number, computes its indices (the same Feistel order 
 into slot `b % slots` of a ring of preallocated buffers. With slots = prefetch + num_threads + 1,
 `prefetch + num_threads` batches wait ready while the user holds the last one handed out.
 
-Consumer. `next()` (1) gives the previous batch's slot back to the producer: as it is if nothing
+Consumer. `next()` (1) gives earlier batches' slots back to the producer (the one handed out last
+only once the caller has dropped it, typically by the following call): as it is if nothing
 outside the loader references its memory (storage use count back to its idle value, and for a
 pinned slot its copy to the GPU finished), else with fresh buffers swapped in, so a held batch is
 never overwritten; (2) waits for the batch's slot with the GIL released; (3) returns aliases of the
@@ -155,16 +156,23 @@ class NativeIter:
         if b >= self.end or run.closed:
             raise StopIteration
         S, words = self._n_slots, run.shared
-        if self._released < b:  # give the previous batch's slot back
-            s = (b - 1) % S
-            slot = run.slots[s]
+        # Give earlier batches' slots back, in order. The batch handed out last is usually still
+        # referenced while this runs (`for x, y in loader:` keeps x, y alive until next() returns), so
+        # its slot is only checked again on the following call instead of being swapped for fresh
+        # buffers now (an allocation and page faults per batch); production of batch b never needs
+        # that slot. A batch held longer than that gets fresh buffers, so it is never overwritten.
+        while self._released < b:
+            k = self._released
+            slot = run.slots[k % S]
             if slot.free():
-                words[S] = b  # published: the polling threads may refill it
+                words[S] = k + 1  # published: the polling threads may refill it
+            elif k == b - 1:
+                break
             else:  # the user still holds that batch: the slot gets fresh buffers
                 slot.leave()
-                run.slots[s] = new = self._new_slot()
-                run.producer.release(b - 1, [t.data_ptr() for t in new.bufs.tensors])
-            self._released = b  # after the release: a KeyboardInterrupt before it only repeats the check
+                run.slots[k % S] = new = self._new_slot()
+                run.producer.release(k, [t.data_ptr() for t in new.bufs.tensors])
+            self._released = k + 1  # after the release: a KeyboardInterrupt before it only repeats the check
         if words[b % S] != b:  # not ready: wait natively (GIL released), or get its error
             try:
                 ready = run.producer.wait(b)

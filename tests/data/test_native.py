@@ -128,6 +128,18 @@ def test_steady_state_reuses_the_ring():
     assert len(ptrs) <= 2 * (1 + 1 + 1 + 1)  # 3 slots (+1 for the batch held by the loop variable) x 2 fields
 
 
+def test_idiomatic_loop_reuses_the_ring():
+    """`for b in loader:` keeps the previous batch alive while next() runs: its slot must be given back
+    on the following call, not replaced by fresh buffers every batch."""
+    loader = Loader(dataset(400), 10, seed=0, num_threads=1, prefetch=1)
+    ptrs, seen = set(), []
+    for b in loader:
+        ptrs |= {t.data_ptr() for t in b.values()}
+        seen.append(b["label"].clone())
+    assert len(ptrs) <= 2 * 3  # 3 slots x 2 fields
+    assert all(torch.equal(a, w["label"]) for a, w in zip(seen, batches(Loader(dataset(400), 10, seed=0))))
+
+
 def test_producer_error_reaches_the_consumer_in_order():
     loader = Loader(dataset(100), 10, seed=0, num_threads=2)
     loader._fault = (3, 1)  # filling batch 3 throws std::runtime_error
