@@ -134,3 +134,27 @@ def test_background_checkpoint_write_is_read_back_and_errors_surface(tmp_path):
         t.fit(small_data())
         t.wait_for_checkpoint()
     t.wait_for_checkpoint()  # reported once
+
+
+def test_slow_checkpoint_writes_never_block_training(tmp_path, monkeypatch):
+    """While one periodic write runs, newer checkpoints replace the queued one: fit finishes with the
+    writer stuck, and the newest state lands once the writer moves on."""
+    import threading
+
+    from fasttrain.train import trainer as trainer_mod
+
+    gate, written = threading.Event(), []
+    real = trainer_mod.write_checkpoint_bytes
+
+    def slow(path, payload):
+        assert gate.wait(timeout=60)
+        written.append(path.name)
+        return real(path, payload)
+
+    monkeypatch.setattr(trainer_mod, "write_checkpoint_bytes", slow)
+    t = trainer(None, max_steps=None, max_epochs=6, checkpoint_dir=tmp_path, keep_last_k=10)
+    t.fit(small_data())  # 6 epoch-end checkpoints while the first write is blocked
+    assert written == []
+    gate.set()
+    t.wait_for_checkpoint()
+    assert written[0] == "step-3.ckpt" and written[-1] == f"step-{t.global_step}.ckpt" and len(written) == 2
