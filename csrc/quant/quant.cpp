@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../common.h"
@@ -14,7 +15,6 @@
 namespace ft::quant {
 namespace {
 
-constexpr float kInt16QMax = 32639.0f;  // 127 * 256 + 127: q splits into two signed bytes (quant.h)
 // int8: output channels per OpenMP work item: 4 VNNI blocks of 16, the column width of the AVX-512 tiles.
 constexpr int64_t kPanelN = 4 * kBlockCols;
 
@@ -28,10 +28,17 @@ bool has_vnni() {
 }
 
 // Row m of x (fp32 or bf16, K wide) as fp32 into dst (Kp wide, zero padded).
+// (A copy, or a bf16 widening written as a plain shift loop that the compiler vectorizes; the per-element
+// load_f32 switch stayed scalar.)
 void load_row(const void* x, bool bf16, int64_t m, int64_t K, int64_t Kp, float* dst) {
-  const DType dt = bf16 ? DType::bf16 : DType::f32;
-  for (int64_t k = 0; k < K; ++k) dst[k] = load_f32(x, m * K + k, dt);
-  for (int64_t k = K; k < Kp; ++k) dst[k] = 0.0f;
+  if (bf16) {
+    const uint16_t* src = static_cast<const uint16_t*>(x) + m * K;
+    uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+    for (int64_t k = 0; k < K; ++k) d[k] = uint32_t(src[k]) << 16;
+  } else {
+    std::memcpy(dst, static_cast<const float*>(x) + m * K, size_t(K) * sizeof(float));
+  }
+  std::fill(dst + K, dst + Kp, 0.0f);
 }
 
 template <class F>
@@ -91,30 +98,8 @@ void int4_weight_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const 
   std::vector<int16_t> q(static_cast<size_t>(M * Kp));
   std::vector<int8_t> h(static_cast<size_t>(M * Kp)), l(static_cast<size_t>(M * Kp));
   std::vector<int32_t> xs(static_cast<size_t>(M * G));
-  std::vector<float> sx(static_cast<size_t>(M)), row(static_cast<size_t>(Kp));
-  for (int64_t m = 0; m < M; ++m) {
-    // Per-token 16-bit quantization, exactly fasttrain.ops.reference.quantize_per_token_int16_reference.
-    load_row(x, x_bf16, m, K, Kp, row.data());
-    float amax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(row[size_t(k)]));
-    const float inv = amax > 0.0f ? kInt16QMax / amax : 0.0f;
-    sx[size_t(m)] = amax / kInt16QMax;
-    for (int64_t k = 0; k < Kp; ++k) {
-      float v = std::nearbyint(row[size_t(k)] * inv);  // round half to even, as torch.round
-      v = std::min(kInt16QMax, std::max(-kInt16QMax, v));
-      const int32_t qi = int32_t(v);
-      const int32_t hi = (qi + 128) >> 8;  // q = 256 h + l with h in [-127, 127], l in [-128, 127]
-      const size_t i = size_t(m * Kp + k);
-      q[i] = int16_t(qi);
-      h[i] = int8_t(hi);
-      l[i] = int8_t(qi - 256 * hi);
-    }
-    for (int64_t g = 0; g < G; ++g) {
-      int32_t acc = 0;
-      for (int64_t k = g * group; k < (g + 1) * group; ++k) acc += q[size_t(m * Kp + k)];
-      xs[size_t(m * G + g)] = acc;
-    }
-  }
+  std::vector<float> sx(static_cast<size_t>(M));
+  for (int64_t m = 0; m < M; ++m) t.prep4(x, x_bf16, m, K, Kp, group, q.data(), h.data(), l.data(), xs.data(), sx.data());
   const Int4Act act{q.data(), h.data(), l.data(), xs.data(), sx.data()};
   over_channels(
       N, threads, [&](int64_t n0, int64_t n1) { t.w4(act, w, s, s_bf16, group, bias, y, M, N, Kp, n0, n1); },

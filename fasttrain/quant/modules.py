@@ -133,7 +133,9 @@ class Int4WeightLinear(QuantizedLinear):
     to 16 bits, exact integer group sums, fp32 scaling (fasttrain.ops.int4_weight_linear)."""
 
     scheme = "int4-weight"
-    _version = qops.INT4_LAYOUT_VERSION  # 2: blocked w_packed; version-1 (N, Kp / 2) state dicts are repacked
+    # 3: blocked w_packed and w_scale (Np / 16, G, 16); older state dicts are repacked on load (version 2:
+    # (G, N) scales; version 1: also (N, Kp / 2) weights and (N, G) scales).
+    _version = qops.INT4_LAYOUT_VERSION
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128,
                  scale_dtype: torch.dtype = torch.float32) -> None:
@@ -142,7 +144,7 @@ class Int4WeightLinear(QuantizedLinear):
         kp = qops._round_up(in_features, group_size)
         nblocks = qops._round_up(out_features, qops.BLOCK_N) // qops.BLOCK_N
         self.register_buffer("w_packed", torch.full((nblocks, kp // 8, qops.BLOCK_N, 4), 0x88, dtype=torch.uint8))
-        self.register_buffer("w_scale", torch.ones(kp // group_size, out_features, dtype=scale_dtype))
+        self.register_buffer("w_scale", torch.ones(nblocks, kp // group_size, qops.BLOCK_N, dtype=scale_dtype))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128, scale_dtype: torch.dtype = torch.float32):
@@ -163,17 +165,26 @@ class Int4WeightLinear(QuantizedLinear):
                                    f"{tuple(w.shape)}; this layer needs {expected} (in_features={self.in_features}, "
                                    f"out_features={self.out_features}, group_size={self.group_size})")
             state_dict[key] = qops.repack_int4_weight(w.contiguous())
-            scale = state_dict.get(prefix + "w_scale")
-            if isinstance(scale, torch.Tensor) and scale.dim() == 2:  # version 1 scales were (N, G)
-                state_dict[prefix + "w_scale"] = scale.T.contiguous()
+        skey = prefix + "w_scale"
+        scale = state_dict.get(skey)
+        if isinstance(scale, torch.Tensor) and scale.dim() == 2:  # versions 1 (N, G) and 2 (G, N)
+            # The weight's rank tells the versions apart (a version-1 w_packed is 2-D), also for state dicts
+            # whose metadata was dropped; a square (N = G) version-2 scale needs the weight to be 4-D.
+            version = 1 if isinstance(w, torch.Tensor) and w.dim() == 2 else 2
+            groups = qops._round_up(self.in_features, self.group_size) // self.group_size
+            expected = (self.out_features, groups) if version == 1 else (groups, self.out_features)
+            if tuple(scale.shape) != expected:
+                raise RuntimeError(f"{type(self).__name__}: {skey} has the version-{version} int4 scale layout but "
+                                   f"shape {tuple(scale.shape)}; this layer needs {expected}")
+            state_dict[skey] = qops.repack_int4_scale(scale, self.out_features, version=version)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
     def _compute(self, x):
-        return qops.int4_weight_linear(x, self.w_packed, self.w_scale, self.group_size, self.bias)
+        return qops.int4_weight_linear(x, self.w_packed, self.w_scale, self.group_size, self.bias, self.out_features)
 
     def _compute_cpu(self, x2):
-        return qops._int4_weight_cpu(x2, self.w_packed, self.w_scale, self.group_size, self.bias)
+        return qops._int4_weight_cpu(x2, self.w_packed, self.w_scale, self.group_size, self.bias, self.out_features)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}, scale_dtype={self.w_scale.dtype}"

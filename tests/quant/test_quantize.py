@@ -146,13 +146,13 @@ def test_int8_version_1_state_dict_is_repacked(cls):
 
 
 def test_int4_version_1_state_dict_is_repacked():
-    from fasttrain.ops.reference import unpack_int4_reference
+    from fasttrain.ops.reference import int4_scale_reference, unpack_int4_reference
 
     q = Int4WeightLinear.from_linear(nn.Linear(70, 37), group_size=64)
     old = {k: v.clone() for k, v in q.state_dict().items()}
     u = (unpack_int4_reference(old["w_packed"], 37) + 8).reshape(37, -1, 2, 16)  # version 1: 32-value nibble blocks
     old["w_packed"] = (u[:, :, 0] | (u[:, :, 1] << 4)).to(torch.uint8).reshape(37, -1)
-    old["w_scale"] = old["w_scale"].T.contiguous()  # version 1: (N, G)
+    old["w_scale"] = int4_scale_reference(old["w_scale"], 37).contiguous()  # version 1: (N, G)
     fresh = Int4WeightLinear(70, 37, group_size=64)
     fresh.load_state_dict(old)
     x = torch.randn(3, 70)
@@ -160,3 +160,21 @@ def test_int4_version_1_state_dict_is_repacked():
     old["w_packed"] = old["w_packed"][:, :16].contiguous()
     with pytest.raises(RuntimeError, match="version-1.*needs \\(37, 64\\)"):
         Int4WeightLinear(70, 37, group_size=64).load_state_dict(old)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_int4_version_2_state_dict_is_repacked(scale_dtype):
+    # Version 2 (before the blocked scales) stored w_scale group-major (G, N); loading blocks it.
+    from fasttrain.ops.reference import int4_scale_reference
+
+    q = Int4WeightLinear.from_linear(nn.Linear(200, 37), group_size=64, scale_dtype=scale_dtype)
+    old = {k: v.clone() for k, v in q.state_dict().items()}
+    old["w_scale"] = int4_scale_reference(old["w_scale"], 37).T.contiguous()
+    assert old["w_scale"].shape == (4, 37)
+    fresh = Int4WeightLinear(200, 37, group_size=64, scale_dtype=scale_dtype)
+    fresh.load_state_dict(old)
+    x = torch.randn(3, 200)
+    assert torch.equal(fresh.w_scale, q.w_scale) and torch.equal(fresh(x), q(x))
+    old["w_scale"] = old["w_scale"][:, :36].contiguous()
+    with pytest.raises(RuntimeError, match="version-2.*shape \\(4, 36\\).*needs \\(4, 37\\)"):
+        Int4WeightLinear(200, 37, group_size=64, scale_dtype=scale_dtype).load_state_dict(old)
