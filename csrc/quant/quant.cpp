@@ -17,6 +17,9 @@ namespace {
 
 // int8: output channels per OpenMP work item: 4 VNNI blocks of 16, the column width of the AVX-512 tiles.
 constexpr int64_t kPanelN = 4 * kBlockCols;
+// Activations up to this many bytes are prepared by every thread into its own copy (a few us at most for
+// batch 1-16 rows of <= 16K inputs) instead of once behind a barrier.
+constexpr int64_t kPrivatePrepBytes = 64 << 10;
 
 bool has_vnni() {
 #if FT_X86
@@ -63,22 +66,36 @@ const Table& table() {
 void int8_dynamic_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const int8_t* w, const float* sw,
                          const int32_t* wsum, const float* bias, float* y, int64_t N, int64_t Kp, int threads) {
   const Table& t = table();
-  std::vector<uint8_t> xq(static_cast<size_t>(M * Kp));
-  std::vector<float> sx(static_cast<size_t>(M));
+  const bool priv = M * Kp <= kPrivatePrepBytes;
+  const size_t copies = priv ? size_t(std::max(threads, 1)) : 1;
+  std::vector<uint8_t> xq(copies * size_t(M * Kp));
+  std::vector<float> sx(copies * size_t(M));
   const uint8_t offset = t.xq_unsigned ? 128 : 0;
   const int64_t blocks = (N + kPanelN - 1) / kPanelN;
   // One parallel region for both phases: at batch 1 a layer is ~0.1 ms of work, and on a loaded box every
   // extra fork/join is a thread wake-up that can cost more than the layer.
 #pragma omp parallel num_threads(threads)
   {
+    const uint8_t* xqt = xq.data();
+    const float* sxt = sx.data();
+    if (priv) {
+      // Small batches: every thread quantizes the whole (tiny) activation into its own copy, so no barrier
+      // sits between the phases and the first thread to arrive starts on the weights without waiting for
+      // the others to wake (the guided schedule then hands a late thread only what is left).
+      const size_t id = size_t(omp_get_thread_num());
+      t.quant_rows(x, x_bf16, 0, M, K, Kp, xq.data() + id * size_t(M * Kp), sx.data() + id * size_t(M), offset);
+      xqt += id * size_t(M * Kp);
+      sxt += id * size_t(M);
+    } else {
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) t.quant_rows(x, x_bf16, m, m + 1, K, Kp, xq.data(), sx.data(), offset);
-    // (the implicit barrier of the loop above publishes xq and sx to every thread)
+      for (int64_t m = 0; m < M; ++m) t.quant_rows(x, x_bf16, m, m + 1, K, Kp, xq.data(), sx.data(), offset);
+      // (the implicit barrier of the loop above publishes xq and sx to every thread)
+    }
     // Guided: large contiguous chunks first (sequential weight streams for batch 1), then smaller ones, so
     // when one thread wakes late on a shared box the other takes its remaining panels instead of waiting.
 #pragma omp for schedule(guided)
     for (int64_t b = 0; b < blocks; ++b)
-      t.int8_dyn(xq.data(), sx.data(), w, sw, wsum, bias, y, M, N, Kp, b * kPanelN, std::min(N, (b + 1) * kPanelN));
+      t.int8_dyn(xqt, sxt, w, sw, wsum, bias, y, M, N, Kp, b * kPanelN, std::min(N, (b + 1) * kPanelN));
   }
 }
 
@@ -95,15 +112,31 @@ void int4_weight_linear(const void* x, bool x_bf16, int64_t M, int64_t K, const 
                         bool s_bf16, int64_t group, const float* bias, float* y, int64_t N, int64_t Kp, int threads) {
   const Table& t = table();
   const int64_t G = Kp / group;
-  std::vector<int16_t> q(static_cast<size_t>(M * Kp));
-  std::vector<int8_t> h(static_cast<size_t>(M * Kp)), l(static_cast<size_t>(M * Kp));
-  std::vector<int32_t> xs(static_cast<size_t>(M * G));
-  std::vector<float> sx(static_cast<size_t>(M));
-  for (int64_t m = 0; m < M; ++m) t.prep4(x, x_bf16, m, K, Kp, group, q.data(), h.data(), l.data(), xs.data(), sx.data());
-  const Int4Act act{q.data(), h.data(), l.data(), xs.data(), sx.data()};
-  over_channels(
-      N, threads, [&](int64_t n0, int64_t n1) { t.w4(act, w, s, s_bf16, group, bias, y, M, N, Kp, n0, n1); },
-      kPanelN);
+  // As int8_dynamic_linear: small activations (q, h, l: 4 bytes per value) are prepared by every thread.
+  const bool priv = 4 * M * Kp <= kPrivatePrepBytes;
+  const size_t copies = priv ? size_t(std::max(threads, 1)) : 1;
+  std::vector<int16_t> q(copies * size_t(M * Kp));
+  std::vector<int8_t> h(copies * size_t(M * Kp)), l(copies * size_t(M * Kp));
+  std::vector<int32_t> xs(copies * size_t(M * G));
+  std::vector<float> sx(copies * size_t(M));
+  const int64_t blocks = (N + kPanelN - 1) / kPanelN;
+#pragma omp parallel num_threads(threads)
+  {
+    const size_t id = priv ? size_t(omp_get_thread_num()) : 0;
+    const size_t xo = id * size_t(M * Kp), go = id * size_t(M * G), mo = id * size_t(M);
+    if (priv) {
+      for (int64_t m = 0; m < M; ++m)
+        t.prep4(x, x_bf16, m, K, Kp, group, q.data() + xo, h.data() + xo, l.data() + xo, xs.data() + go, sx.data() + mo);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < M; ++m)
+        t.prep4(x, x_bf16, m, K, Kp, group, q.data(), h.data(), l.data(), xs.data(), sx.data());
+    }
+    const Int4Act act{q.data() + xo, h.data() + xo, l.data() + xo, xs.data() + go, sx.data() + mo};
+#pragma omp for schedule(guided)
+    for (int64_t b = 0; b < blocks; ++b)
+      t.w4(act, w, s, s_bf16, group, bias, y, M, N, Kp, b * kPanelN, std::min(N, (b + 1) * kPanelN));
+  }
 }
 
 }  // namespace ft::quant
