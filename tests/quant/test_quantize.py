@@ -178,3 +178,27 @@ def test_int4_version_2_state_dict_is_repacked(scale_dtype):
     old["w_scale"] = old["w_scale"][:, :36].contiguous()
     with pytest.raises(RuntimeError, match="version-2.*shape \\(4, 36\\).*needs \\(4, 37\\)"):
         Int4WeightLinear(200, 37, group_size=64, scale_dtype=scale_dtype).load_state_dict(old)
+
+
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "int8-weight", "int4-weight"])
+def test_eager_fast_path_matches_op_and_pickles(scheme):
+    # The eager CPU path runs the kernel bound to the checked buffers' addresses: same result as the op, leading
+    # dims and dtypes kept, rebound when a buffer is replaced, and the module still pickles (torch.save) after it.
+    model = nn.Sequential(nn.Linear(70, 37))
+    quantize(model, scheme, group_size=64) if scheme == "int4-weight" else quantize(model, scheme)
+    q = model[0]
+    x = torch.randn(2, 3, 70)
+    with torch.no_grad():
+        first, second = q(x), q(x)  # checked through the op, then the bound kernel
+        assert second.shape == (2, 3, 37) and torch.equal(first, second)
+        assert torch.equal(q(x.reshape(6, 70)), second.reshape(6, 37))
+        assert q(x.bfloat16()).dtype == torch.bfloat16 and q(x.half()).dtype == torch.float16
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert torch.equal(loaded(x), second)
+        old_bias = q.bias.clone()
+        q.bias = torch.zeros(37)  # replaced buffer: checked and bound again
+        y = q(x)
+        assert torch.equal(y, q(x)) and torch.allclose(y + old_bias, second, atol=1e-5)
