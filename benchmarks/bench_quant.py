@@ -126,7 +126,8 @@ def test_mlp_int8_dynamic(benchmark, smoke, mlp_setup, batch):
               "speedup_vs_best_other": ms[best] / ms["fasttrain"], "speedup_vs_torch_fp32": ms["torch_fp32"] / ms["fasttrain"]}
     benchmark.extra_info.update(result)
     print(f"\nMLP {'->'.join(map(str, s['widths']))} batch {batch}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items())
-          + f"; fasttrain vs best other int8 ({best}): {result['speedup_vs_best_other']:.2f}x")
+          + f"; fasttrain vs best other int8 ({best}): {result['speedup_vs_best_other']:.2f}x "
+          f"(target >= {1.0 if batch == 1 else 1 / 1.2:.2f}x)")
     with torch.no_grad():
         benchmark.pedantic(s["fasttrain"], args=(x,), rounds=1 if smoke else 11, iterations=1)
 
@@ -150,9 +151,9 @@ def test_wide_weight_only_batch1(benchmark, smoke, bandwidth, wide_setup):
     w_q, w_scale = l8.w_q[:4].contiguous(), l8.w_scale[:64].contiguous()  # 4 VNNI blocks of 16 channels
     torch.testing.assert_close(int8_weight_linear(x, w_q, w_scale), int8_weight_linear_reference(x, w_q, w_scale),
                                rtol=1e-4, atol=1e-4)
-    w_p, s4 = l4.w_packed[:4].contiguous(), l4.w_scale[:, :64].contiguous()
-    torch.testing.assert_close(int4_weight_linear(x, w_p, s4, 128), int4_weight_linear_reference(x, w_p, s4, 128),
-                               rtol=1e-4, atol=1e-4)
+    w_p, s4 = l4.w_packed[:4].contiguous(), l4.w_scale[:4].contiguous()  # blocked scales: the same 4 blocks
+    torch.testing.assert_close(int4_weight_linear(x, w_p, s4, 128, None, 64),
+                               int4_weight_linear_reference(x, w_p, s4, 128, None, 64), rtol=1e-4, atol=1e-4)
     n_params = sum(m.weight.numel() for m in s["fp32"] if isinstance(m, nn.Linear))
     nbytes = {"fp32": 4 * n_params,
               "int8": sum(m.weight_bytes() for m in s["int8"] if hasattr(m, "weight_bytes")),

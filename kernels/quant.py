@@ -68,7 +68,9 @@ def _w4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, Kp, G, GROUP: tl.constex
         shift = ((kk % 8) // 4) * 4
         b = tl.load(w_ptr + byte, mask=(rn[None, :] < N), other=8)
         q = ((b.to(tl.int32) >> shift[:, None]) & 15) - 8
-        s = tl.load(s_ptr + (kk // GROUP)[:, None] * N + rn[None, :], mask=(rn[None, :] < N), other=0.0)  # (G, N)
+        # blocked scales (Np / 16, G, 16): scale of W[n, group g] at ((n // 16) G + g) 16 + n % 16
+        s_off = ((rn[None, :] // 16) * G + (kk // GROUP)[:, None]) * 16 + rn[None, :] % 16
+        s = tl.load(s_ptr + s_off, mask=(rn[None, :] < N), other=0.0)
         acc += tl.dot(x, q.to(tl.float32) * s.to(tl.float32))
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
@@ -109,9 +111,11 @@ def int8_dynamic_linear(x, w_q, w_scale, bias=None):
     return y.to(x.dtype)
 
 
-def int4_weight_linear(x, w_packed, w_scale, group_size, bias=None):
-    """x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (Kp / group_size, N) fp32/bf16 -> (M, N) x.dtype."""
-    M, N, Kp = x.shape[0], w_scale.shape[1], 8 * w_packed.shape[1]
+def int4_weight_linear(x, w_packed, w_scale, group_size, bias=None, out_features=None):
+    """x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (Np / 16, Kp / group_size, 16) fp32/bf16;
+    out_features: N (default: the bias length) -> (M, N) x.dtype."""
+    N = out_features if out_features is not None else bias.shape[0]
+    M, Kp = x.shape[0], 8 * w_packed.shape[1]
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
     # Activations quantized per token to 16 bits, as the C++ kernels (fasttrain.ops.reference.
     # quantize_per_token_int16_reference: qmax 32639), then used dequantized.

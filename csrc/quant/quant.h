@@ -12,14 +12,19 @@
 //                  nibble and of W[16 b + j, 8 p + 4 + kk] in its high nibble: one 64-byte load, masked and
 //                  shifted, gives the vpdpbusd operands of two consecutive 4-k steps of 16 columns
 //                  (layout version 2; version 1 was (N, Kp / 2) in 32-value nibble blocks).
-//                  s:  (Kp / group, N) fp32 or bf16 scales, group-major: the 16 scales of a block's group are
-//                  contiguous (version 1 stored (N, Kp / group): 16 cache lines per group epilogue).
+//                  s:  (Np / 16, Kp / group, 16) fp32 or bf16 scales, blocked like the weights (layout version
+//                  3): element [b, g, j] scales W[16 b + j, group g], so a block's scales are one sequential
+//                  stream beside its weights (version 2 stored (Kp / group, N): one new cache line per group,
+//                  N apart; version 1 (N, Kp / group)). Padding channels hold scale 1.
 // Activations reach the kernels already padded to Kp (zeros), so inner loops have no tails.
 // Every kernel computes output channels [n0, n1) for all M rows; the driver (quant.cpp) threads over N.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
+
+#include "../common.h"
 
 namespace ft::quant {
 
@@ -48,6 +53,12 @@ struct Int4Act {
 };
 using W4Fn = void (*)(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t group,
                       const float* bias, float* y, int64_t M, int64_t N, int64_t Kp, int64_t n0, int64_t n1);
+// int4 activation prep of row m: x (fp32 or bf16, K wide) -> q, h, l (Kp wide, zero padded), xs[m, g] and
+// sx[m] as described above (the arrays are the full (M, Kp) / (M, G) / (M,) buffers). Exactly
+// fasttrain.ops.reference.quantize_per_token_int16_reference.
+using Int4PrepFn = void (*)(const void* x, bool x_bf16, int64_t m, int64_t K, int64_t Kp, int64_t group, int16_t* q,
+                            int8_t* h, int8_t* l, int32_t* xs, float* sx);
+constexpr float kInt16QMax = 32639.0f;  // 127 * 256 + 127: q splits into two signed bytes
 
 // Per-token symmetric int8 quantization of rows [m0, m1) of x (fp32 or bf16, K wide) into xq (Kp wide):
 // sx[m] = amax / 127, q = round_half_even(x * (127 / amax)) clamped to [-127, 127] (amax = 0: all zeros,
@@ -63,6 +74,7 @@ struct Table {
   W8Fn w8;
   W4Fn w4;
   QuantRowsFn quant_rows;
+  Int4PrepFn prep4;
 };
 
 namespace scalar { const Table& table(); }
@@ -82,6 +94,48 @@ inline int64_t int8_index(int64_t n, int64_t k, int64_t Kp) {
 inline int int4_at(const uint8_t* w, int64_t n, int64_t k, int64_t Kp) {
   const uint8_t b = w[((n / kBlockCols) * (Kp / 8) + k / 8) * (4 * kBlockCols) + (n % kBlockCols) * 4 + k % 4];
   return (k % 8) < 4 ? (b & 15) : (b >> 4);
+}
+
+// Offset of the scale of output n, group g in the blocked (Np / 16, G, 16) int4 scales.
+inline int64_t int4_scale_index(int64_t n, int64_t g, int64_t G) {
+  return ((n / kBlockCols) * G + g) * kBlockCols + n % kBlockCols;
+}
+
+// Portable int4 activation prep (Int4PrepFn): the scalar and AVX2 tables compile it with their own flags.
+template <class LoadF>
+inline void prep4_generic(LoadF&& load, int64_t m, int64_t K, int64_t Kp, int64_t group, int16_t* q, int8_t* h,
+                          int8_t* l, int32_t* xs, float* sx) {
+  float amax = 0.0f;
+  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(load(k)));
+  const float inv = amax > 0.0f ? kInt16QMax / amax : 0.0f;
+  sx[m] = amax / kInt16QMax;
+  const int64_t G = Kp / group;
+  for (int64_t g = 0; g < G; ++g) {
+    int32_t acc = 0;
+    for (int64_t k = g * group; k < (g + 1) * group; ++k) {
+      float v = k < K ? std::nearbyint(load(k) * inv) : 0.0f;  // round half to even, as torch.round
+      v = std::min(kInt16QMax, std::max(-kInt16QMax, v));
+      const int32_t qi = int32_t(v);
+      const int32_t hi = (qi + 128) >> 8;  // q = 256 h + l with h in [-127, 127], l in [-128, 127]
+      const int64_t i = m * Kp + k;
+      q[i] = int16_t(qi);
+      h[i] = int8_t(hi);
+      l[i] = int8_t(qi - 256 * hi);
+      acc += qi;
+    }
+    xs[m * G + g] = acc;
+  }
+}
+
+inline void prep4_portable(const void* x, bool x_bf16, int64_t m, int64_t K, int64_t Kp, int64_t group, int16_t* q,
+                           int8_t* h, int8_t* l, int32_t* xs, float* sx) {
+  if (x_bf16) {
+    const uint16_t* r = static_cast<const uint16_t*>(x) + m * K;
+    prep4_generic([r](int64_t k) { return bf16_to_f32(r[k]); }, m, K, Kp, group, q, h, l, xs, sx);
+  } else {
+    const float* r = static_cast<const float*>(x) + m * K;
+    prep4_generic([r](int64_t k) { return r[k]; }, m, K, Kp, group, q, h, l, xs, sx);
+  }
 }
 
 inline float load_scale(const void* s, int64_t i, bool bf16) {

@@ -123,7 +123,7 @@ void w4_row_block(const int16_t* xq, const uint8_t* w, const void* s, bool s_bf1
       _mm256_store_si256(reinterpret_cast<__m256i*>(part), acc[c]);
       for (int q = 0; q < 4; ++q) {
         const int64_t n = b * 16 + 4 * c + q;
-        if (n < N) tot[4 * c + q] += float(part[2 * q] + part[2 * q + 1]) * load_scale(s, g * N + n, s_bf16);
+        if (n < N) tot[4 * c + q] += float(part[2 * q] + part[2 * q + 1]) * load_scale(s, int4_scale_index(n, g, G), s_bf16);
       }
     }
   }
@@ -183,7 +183,7 @@ void quant_rows(const void* x, bool x_bf16, int64_t m0, int64_t m1, int64_t K, i
 }  // namespace
 
 const Table& table() {
-  static const Table t{"avx2", false, int8_dyn, w8, w4, quant_rows};
+  static const Table t{"avx2", false, int8_dyn, w8, w4, quant_rows, prep4_portable};
   return t;
 }
 

@@ -243,13 +243,12 @@ __attribute__((noinline)) void w4_tile(const Int4Act& x, const uint8_t* w, const
   // small batch-1 tiles, where 2 chains of 2 dependent vpdpbusd per step would make latency the limit.
   constexpr int S = MR * NB <= 2 ? 4 : 2;
   for (int64_t g = 0; g < G; ++g) {
-    // The scales of the next groups are N apart, one new cache line per group and block: a stride the
-    // hardware prefetchers do not follow. A group of one block takes ~25 ns at batch 1, so fetch 8 ahead.
+    // Blocked scales (quant.h): block b's group scales are one sequential 64-byte (fp32) / 32-byte (bf16) step
+    // per group, contiguous across blocks, so 8 groups ahead in the same stream also runs into the next
+    // tile's blocks (a group of one block takes ~25 ns at batch 1).
     constexpr int64_t kScaleAhead = 8;
-    {  // (past the last group: the first groups of the next tile's blocks)
-      const int64_t ga = (g + kScaleAhead) % G, ba = g + kScaleAhead < G ? b0 : b0 + NB;
-      if (ba * 16 < N) _mm_prefetch(reinterpret_cast<const char*>(s) + (ga * N + ba * 16) * (s_bf16 ? 2 : 4), _MM_HINT_T0);
-    }
+    if (g + kScaleAhead < G || b0 + NB < (N + 15) / 16)
+      _mm_prefetch(reinterpret_cast<const char*>(s) + ((b0 + NB - 1) * G + g + kScaleAhead) * 16 * (s_bf16 ? 2 : 4), _MM_HINT_T0);
     __m512i acc[S][MR][NB];
 #pragma GCC unroll 8
     for (int a = 0; a < S; ++a)
@@ -282,11 +281,10 @@ __attribute__((noinline)) void w4_tile(const Int4Act& x, const uint8_t* w, const
     }
 #pragma GCC unroll 8
     for (int j = 0; j < NB; ++j) {
-      const int64_t n = (b0 + j) * 16;
-      const __mmask16 mk = tail_mask(n, N);
-      const __m512 sv = s_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                     _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(s) + g * N + n)), 16))
-                               : _mm512_maskz_loadu_ps(mk, static_cast<const float*>(s) + g * N + n);
+      const int64_t si = ((b0 + j) * G + g) * 16;  // padded blocks have all 16 scales: no mask
+      const __m512 sv = s_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                     reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(s) + si))), 16))
+                               : _mm512_loadu_ps(static_cast<const float*>(s) + si);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const __m512i corr = _mm512_set1_epi32(8 * x.xs[(m0 + i) * G + g]);
@@ -351,10 +349,48 @@ void quant_rows(const void* x, bool x_bf16, int64_t m0, int64_t m1, int64_t K, i
   else quant_rows_t<DType::f32>(x, m0, m1, K, Kp, xq, sx, offset);
 }
 
+// int4 activation prep, 16 values per step: the same fp32 multiply, clamp and round-half-even convert as
+// prep4_generic (quant.h), then q = 256 h + l split with integer shifts and narrowed by vpmovdw / vpmovdb.
+template <DType D>
+void prep4_t(const void* x, int64_t m, int64_t K, int64_t Kp, int64_t group, int16_t* q, int8_t* h, int8_t* l,
+             int32_t* xs, float* sx) {
+  using simd512::mask_for;
+  const int64_t base = m * K, G = Kp / group;
+  __m512 vmax = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(simd512::load<D>(x, base + k, mask_for(K - k))));
+  const float amax = _mm512_reduce_max_ps(vmax);
+  const float inv = amax > 0.0f ? kInt16QMax / amax : 0.0f;
+  sx[m] = amax / kInt16QMax;
+  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-kInt16QMax), hi = _mm512_set1_ps(kInt16QMax);
+  const __m512i c128 = _mm512_set1_epi32(128);
+  for (int64_t g = 0; g < G; ++g) {
+    __m512i gsum = _mm512_setzero_si512();
+    for (int64_t k = g * group; k < (g + 1) * group; k += 16) {
+      const __mmask16 mk = k < K ? mask_for(K - k) : __mmask16(0);  // padding reads 0
+      const __m512 v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(simd512::load<D>(x, base + k, mk), vinv)));
+      const __m512i qi = _mm512_cvtps_epi32(v);
+      const __m512i hv = _mm512_srai_epi32(_mm512_add_epi32(qi, c128), 8);
+      const __m512i lv = _mm512_sub_epi32(qi, _mm512_slli_epi32(hv, 8));
+      const int64_t i = m * Kp + k;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm512_cvtepi32_epi16(qi));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i), _mm512_cvtepi32_epi8(hv));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(l + i), _mm512_cvtepi32_epi8(lv));
+      gsum = _mm512_add_epi32(gsum, qi);
+    }
+    xs[m * G + g] = _mm512_reduce_add_epi32(gsum);
+  }
+}
+
+void prep4(const void* x, bool x_bf16, int64_t m, int64_t K, int64_t Kp, int64_t group, int16_t* q, int8_t* h,
+           int8_t* l, int32_t* xs, float* sx) {
+  if (x_bf16) prep4_t<DType::bf16>(x, m, K, Kp, group, q, h, l, xs, sx);
+  else prep4_t<DType::f32>(x, m, K, Kp, group, q, h, l, xs, sx);
+}
+
 }  // namespace
 
 const Table& table() {
-  static const Table t{"avx512vnni", true, int8_dyn, w8, w4, quant_rows};
+  static const Table t{"avx512vnni", true, int8_dyn, w8, w4, quant_rows, prep4};
   return t;
 }
 

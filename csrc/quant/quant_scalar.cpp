@@ -44,7 +44,7 @@ void w4(const Int4Act& x, const uint8_t* w, const void* s, bool s_bf16, int64_t 
       for (int64_t g = 0; g < G; ++g) {
         int32_t t = 0;
         for (int64_t k = g * group; k < (g + 1) * group; ++k) t += int32_t(xr[k]) * (int4_at(w, n, k, Kp) - 8);
-        total += float(t) * load_scale(s, g * N + n, s_bf16);
+        total += float(t) * load_scale(s, int4_scale_index(n, g, G), s_bf16);
       }
       y[m * N + n] = total * x.sx[m] + (bias ? bias[n] : 0.0f);
     }
@@ -73,7 +73,7 @@ void quant_rows(const void* x, bool x_bf16, int64_t m0, int64_t m1, int64_t K, i
 }  // namespace
 
 const Table& table() {
-  static const Table t{"scalar", false, int8_dyn, w8, w4, quant_rows};
+  static const Table t{"scalar", false, int8_dyn, w8, w4, quant_rows, prep4_portable};
   return t;
 }
 

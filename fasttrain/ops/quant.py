@@ -15,9 +15,13 @@ is padded, never rejected; the activations keep their width K.
 
 int4 weights are packed in the same blocked order: w_packed (Np / 16, Kp / 8, 16, 4) uint8, byte [b, p, j, kk]
 holding u = q + 8 of W[16 b + j, 8 p + kk] (low nibble) and W[16 b + j, 8 p + 4 + kk] (high nibble), so one
-64-byte load + mask / shift gives two vpdpbusd operands (INT4_LAYOUT_VERSION 2; version 1 was (N, Kp / 2)
-with 32-value nibble blocks, converted by repack_int4_weight). The int4 scales are stored group-major,
-w_scale (G, N) (version 1: (N, G)), so a group's scales for 16 adjacent outputs are one 64-byte load.
+64-byte load + mask / shift gives two vpdpbusd operands. The int4 scales are blocked the same way,
+w_scale (Np / 16, G, 16), element [b, g, j] the scale of W[16 b + j, group g] (padding channels: 1), so the
+batch-1 kernel reads each block's scales as one sequential stream beside its weights. INT4_LAYOUT_VERSION 3;
+version 2 stored w_scale group-major (G, N) (one cache line per group, N apart: the scale stream held int4 at
+batch 1 to ~1.5x int8), version 1 also had (N, Kp / 2) weights with 32-value nibble blocks and (N, G) scales;
+repack_int4_weight / repack_int4_scale convert both. N cannot be read from padded shapes, so the int4 op
+takes `out_features` (or the bias length).
 
 int4_weight_linear quantizes the activations per token to 16 bits (q = round_half_even(x * 32639 / max|x_row|),
 fasttrain.ops.reference.quantize_per_token_int16_reference) on every path: the group sums q_x . q_w are then
@@ -43,6 +47,7 @@ __all__ = [
     "quantize_int4_weight",
     "repack_int8_weight",
     "repack_int4_weight",
+    "repack_int4_scale",
     "int8_dynamic_linear",
     "int8_weight_linear",
     "int4_weight_linear",
@@ -51,7 +56,7 @@ __all__ = [
 ALIGN_K = 64  # K padding of every packed layout (one 512-bit vector of int8)
 BLOCK_N = 16  # output columns per VNNI block of the int8 layout (one 512-bit vector of int32 sums)
 INT8_LAYOUT_VERSION = 2  # 1: row-major (N, Kp); 2: VNNI-blocked (Np / 16, Kp / 4, 16, 4)
-INT4_LAYOUT_VERSION = 2  # 1: (N, Kp / 2) in 32-value nibble blocks; 2: blocked (Np / 16, Kp / 8, 16, 4)
+INT4_LAYOUT_VERSION = 3  # 1: (N, Kp / 2) nibbles, (N, G) scales; 2: blocked weights, (G, N) scales; 3: blocked scales
 MAX_GROUP_SIZE = 4096  # int4: exact int32 group sums of 16-bit activations x nibbles (csrc/quant/quant_avx512vnni.cpp)
 MAX_K_INT8_DYNAMIC = 65536  # 255 * 127 * Kp must fit the int32 accumulators of the VNNI kernel
 _X_DTYPES = (torch.float32, torch.bfloat16)
@@ -125,23 +130,43 @@ def _check_int8(op: str, x, w_q, w_scale, bias, w_sum=None) -> None:
     _check_bias(op, bias, N, x.device)
 
 
-def _check_int4(op: str, x, w_packed, w_scale, group_size, bias) -> None:
+def _int4_out_features(op: str, w_scale, bias, out_features) -> int:
+    """N of an int4 call: `out_features`, else the bias length (the blocked scales only hold round_up(N, 16))."""
+    if out_features is None:
+        if isinstance(bias, torch.Tensor) and bias.dim() == 1:
+            return bias.shape[0]
+        raise ValueError(f"{op}: pass out_features=N (the number of output channels): the blocked int4 w_scale "
+                         "(Np / 16, G, 16) only holds N rounded up to 16")
+    if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
+        raise ValueError(f"{op}: out_features must be a positive int (the number of output channels), got {out_features!r}")
+    return out_features
+
+
+def _check_int4(op: str, x, w_packed, w_scale, group_size, bias, N: int) -> None:
     _check_x(op, x)
     _check_group_size(op, group_size)
     K = x.shape[1]
-    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=2, device=x.device)
     if isinstance(w_packed, torch.Tensor) and w_packed.dim() == 2:
         raise ValueError(f"{op}: w_packed has the (N, Kp / 2) int4 layout (layout version 1); the kernels take the "
                          "blocked (Np / 16, Kp / 8, 16, 4) layout: convert it with "
                          "fasttrain.ops.quant.repack_int4_weight(w_packed) or re-quantize with quantize_int4_weight")
+    if isinstance(w_scale, torch.Tensor) and w_scale.dim() == 2:
+        raise ValueError(f"{op}: w_scale has the 2-D int4 scale layout (layout version 1 or 2); the kernels take the "
+                         "blocked (Np / 16, G, 16) layout: convert it with fasttrain.ops.quant.repack_int4_scale("
+                         "w_scale, out_features, version=2) or re-quantize with quantize_int4_weight")
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=3, device=x.device)
     _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4, device=x.device)
-    N = w_scale.shape[1]
     Kp = _round_up(K, group_size)
     if 8 * w_packed.shape[1] != Kp:
         raise ValueError(f"{op}: w_packed holds {8 * w_packed.shape[1]} padded inputs but K={K}, group_size="
                          f"{group_size} needs round_up(K, group_size) = {Kp} (pack it with fasttrain.ops.quantize_int4_weight)")
-    _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4, shape=(-(-N // BLOCK_N), Kp // 8, BLOCK_N, 4))
-    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=2, shape=(Kp // group_size, N))
+    nb = -(-N // BLOCK_N)
+    if w_packed.shape[0] != nb:
+        raise ValueError(f"{op}: w_packed holds {BLOCK_N * w_packed.shape[0]} padded output channels but out_features="
+                         f"{N} needs round_up(N, 16) = {BLOCK_N * nb} (pass the layer's out_features)")
+    _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4, shape=(nb, Kp // 8, BLOCK_N, 4))
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=3,
+           shape=(nb, Kp // group_size, BLOCK_N))
     _check_bias(op, bias, N, x.device)
 
 
@@ -177,8 +202,8 @@ def _int8_weight_cpu(x, w_q, w_scale, bias):
     return y.to(x.dtype)
 
 
-def _int4_weight_cpu(x, w_packed, w_scale, group_size, bias):
-    (M, K), N = x.shape, w_scale.shape[1]
+def _int4_weight_cpu(x, w_packed, w_scale, group_size, bias, N):
+    M, K = x.shape
     y = _out(x, N)
     _C.quant.int4_weight_linear(x.data_ptr(), x.dtype == torch.bfloat16, M, K, w_packed.data_ptr(),
                                 w_scale.data_ptr(), w_scale.dtype == torch.bfloat16, group_size, _ptr(bias),
@@ -230,23 +255,23 @@ def _(x, w_q, w_scale, bias):
 
 @torch.library.custom_op("fasttrain::int4_weight_linear", mutates_args=(), device_types="cpu")
 def _int4_weight_op(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int,
-                    bias: torch.Tensor | None) -> torch.Tensor:
-    _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
-    return _int4_weight_cpu(x, w_packed, w_scale, group_size, bias)
+                    bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias, out_features)
+    return _int4_weight_cpu(x, w_packed, w_scale, group_size, bias, out_features)
 
 
 @_int4_weight_op.register_fake
-def _(x, w_packed, w_scale, group_size, bias):
-    _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
-    return x.new_empty((x.shape[0], w_scale.shape[1]))
+def _(x, w_packed, w_scale, group_size, bias, out_features):
+    _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias, out_features)
+    return x.new_empty((x.shape[0], out_features))
 
 
 @_int4_weight_op.register_kernel("cuda")
-def _(x, w_packed, w_scale, group_size, bias):
-    _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias)
+def _(x, w_packed, w_scale, group_size, bias, out_features):
+    _check_int4("fasttrain.ops.int4_weight_linear", x, w_packed, w_scale, group_size, bias, out_features)
     from fasttrain.kernels import quant as tq
 
-    return tq.int4_weight_linear(x, w_packed, w_scale, group_size, bias)
+    return tq.int4_weight_linear(x, w_packed, w_scale, group_size, bias, out_features)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,9 +322,9 @@ def _block_int4(u: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def repack_int4_weight(w_packed: torch.Tensor) -> torch.Tensor:
-    """Layout version 1 -> 2: (N, Kp / 2) int4 (byte j of each 16-byte block: value j low, value j + 16 high)
-    -> blocked (Np / 16, Kp / 8, 16, 4). The version-1 w_scale (N, G) becomes w_scale.T.contiguous(). A 4-D
-    tensor is returned as is."""
+    """Layout version 1 -> 2/3: (N, Kp / 2) int4 (byte j of each 16-byte block: value j low, value j + 16 high)
+    -> blocked (Np / 16, Kp / 8, 16, 4) (the weights are the same in versions 2 and 3; convert the scales with
+    repack_int4_scale). A 4-D tensor is returned as is."""
     op = "fasttrain.ops.quant.repack_int4_weight"
     if isinstance(w_packed, torch.Tensor) and w_packed.dim() == 4:
         _check(op, "w_packed", w_packed, dtypes=(torch.uint8,), ndim=4)
@@ -311,6 +336,32 @@ def repack_int4_weight(w_packed: torch.Tensor) -> torch.Tensor:
     b = w_packed.reshape(N, half // 16, 16).to(torch.int16)
     u = torch.stack([b & 15, b >> 4], dim=2).reshape(N, 2 * half)
     return _block_int4(u)
+
+
+def _block_int4_scale(scale: torch.Tensor) -> torch.Tensor:
+    """(N, G) scales -> blocked (Np / 16, G, 16), padding channels 1."""
+    N, G = scale.shape
+    Np = _round_up(N, BLOCK_N)
+    scale = torch.nn.functional.pad(scale, (0, 0, 0, Np - N), value=1.0)
+    return scale.reshape(Np // BLOCK_N, BLOCK_N, G).transpose(1, 2).contiguous()
+
+
+@torch.no_grad()
+def repack_int4_scale(w_scale: torch.Tensor, out_features: int, version: int = 2) -> torch.Tensor:
+    """Older int4 scales -> layout version 3, blocked (Np / 16, G, 16): version 2 stored them (G, N), version 1
+    (N, G); `out_features` is N. A 3-D tensor is returned as is."""
+    op = "fasttrain.ops.quant.repack_int4_scale"
+    if isinstance(w_scale, torch.Tensor) and w_scale.dim() == 3:
+        _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=3)
+        return w_scale
+    _check(op, "w_scale", w_scale, dtypes=(torch.float32, torch.bfloat16), ndim=2)
+    if version not in (1, 2):
+        raise ValueError(f"{op}: version must be 1 ((N, G) scales) or 2 ((G, N) scales), got {version!r}")
+    scale = w_scale.T if version == 2 else w_scale
+    if scale.shape[0] != out_features:
+        raise ValueError(f"{op}: a version-{version} w_scale of shape {tuple(w_scale.shape)} does not hold "
+                         f"out_features={out_features} channels")
+    return _block_int4_scale(scale)
 
 
 @torch.no_grad()
@@ -331,8 +382,8 @@ def repack_int8_weight(w_q: torch.Tensor) -> torch.Tensor:
 def quantize_int4_weight(
     weight: torch.Tensor, group_size: int = 128, scale_dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric groupwise int4: weight (N, K) float -> (w_packed (Np / 16, Kp / 8, 16, 4) uint8, w_scale (Kp / group_size, N)
-    `scale_dtype`), Kp = round_up(K, group_size) zero padded; scale = max|w_group| / 7, q in [-8, 7], rounded
+    """Symmetric groupwise int4: weight (N, K) float -> (w_packed (Np / 16, Kp / 8, 16, 4) uint8, w_scale
+    (Np / 16, Kp / group_size, 16) `scale_dtype`), Kp = round_up(K, group_size), Np = round_up(N, 16), zero padded; scale = max|w_group| / 7, q in [-8, 7], rounded
     against the stored (possibly bf16) scale. Layout: see fasttrain.ops.reference.dequantize_int4_reference."""
     op = "fasttrain.ops.quantize_int4_weight"
     _check(op, "weight", weight, dtypes=(torch.float32, torch.bfloat16, torch.float16), ndim=2)
@@ -346,7 +397,7 @@ def quantize_int4_weight(
     amax = w.abs().amax(dim=2)
     scale = torch.where(amax > 0, amax / 7.0, torch.ones_like(amax)).to(scale_dtype)
     q = torch.round(w / scale.float()[:, :, None]).clamp_(-8, 7).to(torch.int16) + 8
-    return _block_int4(q.reshape(N, Kp)), scale.T.contiguous()
+    return _block_int4(q.reshape(N, Kp)), _block_int4_scale(scale)
 
 
 def int8_dynamic_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, w_sum: torch.Tensor,
@@ -372,16 +423,19 @@ def int8_weight_linear(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor
 
 
 def int4_weight_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int = 128,
-                       bias: torch.Tensor | None = None) -> torch.Tensor:
+                       bias: torch.Tensor | None = None, out_features: int | None = None) -> torch.Tensor:
     """Linear layer with groupwise int4 weights (fp32 or bf16 scales): per-token 16-bit activations, exact
     integer group sums, fp32 scaling.
 
     x: (..., K) fp32/bf16 contiguous; w_packed, w_scale from quantize_int4_weight(weight, group_size);
-    bias: (N,) fp32 or None. Returns (..., N) in x's dtype.
+    bias: (N,) fp32 or None; out_features: N (required without a bias: the blocked scales hold round_up(N, 16)).
+    Returns (..., N) in x's dtype.
     """
-    x2 = _as_2d("fasttrain.ops.int4_weight_linear", x)
-    _check_group_size("fasttrain.ops.int4_weight_linear", group_size)  # before the dispatcher's own type error
-    return _int4_weight_op(x2, w_packed, w_scale, group_size, bias).reshape(*x.shape[:-1], w_scale.shape[1])
+    op = "fasttrain.ops.int4_weight_linear"
+    x2 = _as_2d(op, x)
+    _check_group_size(op, group_size)  # before the dispatcher's own type error
+    N = _int4_out_features(op, w_scale, bias, out_features)
+    return _int4_weight_op(x2, w_packed, w_scale, group_size, bias, N).reshape(*x.shape[:-1], N)
 
 
 def _samples_int8(dynamic: bool):
@@ -398,7 +452,7 @@ def _samples_int4():
     for M, K, N, sdt, with_bias in [(1, 7, 1, torch.float32, True), (7, 130, 5, torch.bfloat16, False)]:
         w_packed, w_scale = quantize_int4_weight(torch.randn(N, K, generator=g), 64, sdt)
         bias = torch.randn(N, generator=g) if with_bias else None
-        yield (torch.randn(M, K, generator=g), w_packed, w_scale, 64, bias), {}
+        yield (torch.randn(M, K, generator=g), w_packed, w_scale, 64, bias, N), {}
 
 
 for _name, _public, _ref, _samples in [

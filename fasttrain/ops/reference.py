@@ -21,6 +21,7 @@ __all__ = [
     "int8_dynamic_linear_reference",
     "int8_weight_linear_reference",
     "dequantize_int4_reference",
+    "int4_scale_reference",
     "int4_weight_linear_reference",
 ]
 
@@ -508,30 +509,37 @@ def unpack_int4_reference(w_packed: torch.Tensor, N: int) -> torch.Tensor:
     return q.permute(0, 3, 1, 2, 4).reshape(nb * 16, k8 * 8)[:N] - 8
 
 
-def dequantize_int4_reference(w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Blocked int4 (Np / 16, Kp / 8, 16, 4) uint8 + (Kp / group_size, N) group-major scales -> (N, Kp) fp32."""
-    q = unpack_int4_reference(w_packed, w_scale.shape[1])
-    s = w_scale.float().T.repeat_interleave(group_size, dim=1)
+def int4_scale_reference(w_scale: torch.Tensor, N: int) -> torch.Tensor:
+    """Blocked int4 scales (Np / 16, G, 16) -> (N, G): element [b, g, j] is the scale of W[16 b + j, group g]."""
+    nb, G, _ = w_scale.shape
+    return w_scale.transpose(1, 2).reshape(nb * 16, G)[:N]
+
+
+def dequantize_int4_reference(w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int, N: int) -> torch.Tensor:
+    """Blocked int4 (Np / 16, Kp / 8, 16, 4) uint8 + blocked (Np / 16, Kp / group_size, 16) scales -> (N, Kp) fp32."""
+    q = unpack_int4_reference(w_packed, N)
+    s = int4_scale_reference(w_scale, N).float().repeat_interleave(group_size, dim=1)
     return q.float() * s
 
 
 @torch.no_grad()
 def int4_weight_linear_reference(
     x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, group_size: int,
-    bias: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float32,
+    bias: torch.Tensor | None = None, out_features: int | None = None, *, dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """y[m, n] = s_x[m] sum_g s[n, g] (sum_{k in g} q_x[m, k] q_w[n, k]) + bias[n], the integer group sums
-    exact, the rest in `dtype`. x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (G, N) fp32/bf16.
-    The activations are quantized per token to 16 bits first (quantize_per_token_int16_reference), as the
-    kernels do (see fasttrain.ops.quant)."""
+    exact, the rest in `dtype`. x: (M, K); w_packed: (Np / 16, Kp / 8, 16, 4) uint8; w_scale: (Np / 16, G, 16)
+    fp32/bf16; N = out_features, or the bias length. The activations are quantized per token to 16 bits first
+    (quantize_per_token_int16_reference), as the kernels do (see fasttrain.ops.quant)."""
     M, K = x.shape
-    G, N = w_scale.shape
+    N = out_features if out_features is not None else bias.shape[0]
+    G = w_scale.shape[1]
     qx, sx = quantize_per_token_int16_reference(x)
     qw = unpack_int4_reference(w_packed, N)[:, :K]
     # exact: |sum| < 2^31 and fp64 holds every partial sum
     t = torch.einsum("mgk,ngk->mng", torch.nn.functional.pad(qx, (0, G * group_size - K)).double().reshape(M, G, -1),
                      torch.nn.functional.pad(qw, (0, G * group_size - K)).double().reshape(N, G, -1))
-    y = (t.to(dtype) * w_scale.to(dtype).T[None]).sum(dim=2) * sx.to(dtype)[:, None]
+    y = (t.to(dtype) * int4_scale_reference(w_scale, N).to(dtype)[None]).sum(dim=2) * sx.to(dtype)[:, None]
     if bias is not None:
         y = y + bias.to(dtype)
     return y

@@ -66,6 +66,6 @@ def test_int4_weight(dtype, M, K, N, scale_dtype):
         w_scale_k = w_scale.float()  # the interpreter has no bf16 loads; the scale values are identical
     else:
         w_scale_k = w_scale
-    y = tq.int4_weight_linear(*on(x, w_packed, w_scale_k), 64, *on(b))
-    ref = int4_weight_linear_reference(x.float(), w_packed, w_scale, 64, b)
+    y = tq.int4_weight_linear(*on(x, w_packed, w_scale_k), 64, *on(b), N)
+    ref = int4_weight_linear_reference(x.float(), w_packed, w_scale, 64, b, N)
     torch.testing.assert_close(y.float().cpu(), ref, **tol(dtype))

@@ -13,9 +13,10 @@ from fasttrain.ops import (
     quantize_int4_weight,
     quantize_int8_weight,
 )
-from fasttrain.ops.quant import repack_int4_weight, repack_int8_weight
+from fasttrain.ops.quant import repack_int4_scale, repack_int4_weight, repack_int8_weight
 from fasttrain.ops.reference import (
     dequantize_int4_reference,
+    int4_scale_reference,
     int4_weight_linear_reference,
     int8_dynamic_linear_reference,
     int8_weight_linear_reference,
@@ -92,11 +93,17 @@ def test_int4_weight_matches_reference(isa, M, K, N, group_size, scale_dtype):
     x, w, b = make(M, K, N)
     w_packed, w_scale = quantize_int4_weight(w, group_size, scale_dtype)
     Kp = -(-K // group_size) * group_size
-    assert w_packed.shape == (-(-N // 16), Kp // 8, 16, 4) and w_scale.shape == (Kp // group_size, N)
+    assert w_packed.shape == (-(-N // 16), Kp // 8, 16, 4) and w_scale.shape == (-(-N // 16), Kp // group_size, 16)
     assert w_scale.dtype == scale_dtype
     ours = int4_weight_linear(x, w_packed, w_scale, group_size, b)
     ref64 = int4_weight_linear_reference(x, w_packed, w_scale, group_size, b, dtype=torch.float64)
     ref32 = int4_weight_linear_reference(x, w_packed, w_scale, group_size, b)
+    fp_tolerance(ours.double() - ref64, ref32, ref64)
+    # Without a bias N comes from out_features (the blocked scales only hold round_up(N, 16)).
+    ours = int4_weight_linear(x, w_packed, w_scale, group_size, None, N)
+    ref64 = int4_weight_linear_reference(x, w_packed, w_scale, group_size, None, N, dtype=torch.float64)
+    ref32 = int4_weight_linear_reference(x, w_packed, w_scale, group_size, None, N)
+    assert ours.shape == (M, N)
     fp_tolerance(ours.double() - ref64, ref32, ref64)
 
 
@@ -128,9 +135,10 @@ def test_packers_round_trip():
     # Half a quantization step is the largest rounding error of a symmetric round-to-nearest quantizer.
     assert torch.all((rows[:, :130].float() * w_scale[:, None] - w).abs() <= w_scale[:, None] / 2 + 1e-7)
     w_packed, s = quantize_int4_weight(w, 64)
-    deq = dequantize_int4_reference(w_packed, s, 64)
+    deq = dequantize_int4_reference(w_packed, s, 64, 5)
     assert torch.all(deq[:, 130:] == 0)
-    step = s.T.repeat_interleave(64, dim=1)[:, :130]
+    assert s.shape == (1, 3, 16) and torch.all(s[:, :, 5:] == 1)  # (Np / 16, G, 16), padding channels 1
+    step = int4_scale_reference(s, 5).repeat_interleave(64, dim=1)[:, :130]
     assert torch.all((deq[:, :130] - w).abs() <= step / 2 + 1e-7)
 
 
@@ -196,7 +204,44 @@ def test_int4_blocked_layout_and_version_1_repack():
     assert v1.shape == (37, 96) and torch.equal(repack_int4_weight(v1)[:, :, :5], w_packed[:, :, :5])
     assert torch.equal(repack_int4_weight(v1)[:2], w_packed[:2]) and repack_int4_weight(w_packed) is w_packed
     with pytest.raises(ValueError, match="layout version 1.*repack_int4_weight"):
-        int4_weight_linear(torch.randn(2, 130), v1, w_scale, 64)
+        int4_weight_linear(torch.randn(2, 130), v1, w_scale, 64, None, 37)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_int4_blocked_scales_and_older_scale_layouts(scale_dtype):
+    # Element [b, g, j] of the version-3 scales is the scale of W[16 b + j, group g].
+    _, w, _ = make(1, 200, 37)
+    w_packed, w_scale = quantize_int4_weight(w, 64, scale_dtype)
+    assert w_scale.shape == (3, 4, 16)
+    amax = torch.nn.functional.pad(w, (0, 56)).reshape(37, 4, 64).abs().amax(2)
+    for n, g in [(0, 0), (15, 3), (16, 1), (36, 2)]:
+        assert w_scale[n // 16, g, n % 16] == (amax[n, g] / 7).to(scale_dtype)
+    s_ng = int4_scale_reference(w_scale, 37)  # (N, G): version 1; its transpose is version 2
+    assert torch.equal(repack_int4_scale(s_ng.T.contiguous(), 37), w_scale)
+    assert torch.equal(repack_int4_scale(s_ng.contiguous(), 37, version=1), w_scale)
+    assert repack_int4_scale(w_scale, 37) is w_scale
+    with pytest.raises(ValueError, match="out_features=36"):
+        repack_int4_scale(s_ng.T.contiguous(), 36)
+    x = torch.randn(3, 200)
+    with pytest.raises(ValueError, match="layout version 1 or 2.*repack_int4_scale"):
+        int4_weight_linear(x, w_packed, s_ng.T.contiguous(), 64, None, 37)
+    with pytest.raises(ValueError, match="pass out_features"):
+        int4_weight_linear(x, w_packed, w_scale, 64)
+    with pytest.raises(ValueError, match="round_up\\(N, 16\\) = 16"):
+        int4_weight_linear(x, w_packed, w_scale, 64, None, 5)
+
+
+@pytest.mark.parametrize("M", [1, 7, 33])
+@pytest.mark.parametrize("K,N", [(200, 1), (200, 37), (8192 + 64, 17)])
+def test_int4_odd_shapes_every_isa(isa, M, K, N):
+    # K not a multiple of the group size, N = 1 and N not a multiple of 16, batch-1 and tiled paths.
+    x, w, _ = make(M, K, N, seed=5)
+    for scale_dtype in (torch.float32, torch.bfloat16):
+        w_packed, w_scale = quantize_int4_weight(w, 128, scale_dtype)
+        ours = int4_weight_linear(x, w_packed, w_scale, 128, None, N)
+        ref64 = int4_weight_linear_reference(x, w_packed, w_scale, 128, None, N, dtype=torch.float64)
+        ref32 = int4_weight_linear_reference(x, w_packed, w_scale, 128, None, N)
+        fp_tolerance(ours.double() - ref64, ref32, ref64)
 
 
 def test_int4_activations_are_16_bit_per_token():

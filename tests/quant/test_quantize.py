@@ -146,13 +146,13 @@ def test_int8_version_1_state_dict_is_repacked(cls):
 
 
 def test_int4_version_1_state_dict_is_repacked():
-    from fasttrain.ops.reference import unpack_int4_reference
+    from fasttrain.ops.reference import int4_scale_reference, unpack_int4_reference
 
     q = Int4WeightLinear.from_linear(nn.Linear(70, 37), group_size=64)
     old = {k: v.clone() for k, v in q.state_dict().items()}
     u = (unpack_int4_reference(old["w_packed"], 37) + 8).reshape(37, -1, 2, 16)  # version 1: 32-value nibble blocks
     old["w_packed"] = (u[:, :, 0] | (u[:, :, 1] << 4)).to(torch.uint8).reshape(37, -1)
-    old["w_scale"] = old["w_scale"].T.contiguous()  # version 1: (N, G)
+    old["w_scale"] = int4_scale_reference(old["w_scale"], 37).contiguous()  # version 1: (N, G)
     fresh = Int4WeightLinear(70, 37, group_size=64)
     fresh.load_state_dict(old)
     x = torch.randn(3, 70)
@@ -160,3 +160,45 @@ def test_int4_version_1_state_dict_is_repacked():
     old["w_packed"] = old["w_packed"][:, :16].contiguous()
     with pytest.raises(RuntimeError, match="version-1.*needs \\(37, 64\\)"):
         Int4WeightLinear(70, 37, group_size=64).load_state_dict(old)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_int4_version_2_state_dict_is_repacked(scale_dtype):
+    # Version 2 (before the blocked scales) stored w_scale group-major (G, N); loading blocks it.
+    from fasttrain.ops.reference import int4_scale_reference
+
+    q = Int4WeightLinear.from_linear(nn.Linear(200, 37), group_size=64, scale_dtype=scale_dtype)
+    old = {k: v.clone() for k, v in q.state_dict().items()}
+    old["w_scale"] = int4_scale_reference(old["w_scale"], 37).T.contiguous()
+    assert old["w_scale"].shape == (4, 37)
+    fresh = Int4WeightLinear(200, 37, group_size=64, scale_dtype=scale_dtype)
+    fresh.load_state_dict(old)
+    x = torch.randn(3, 200)
+    assert torch.equal(fresh.w_scale, q.w_scale) and torch.equal(fresh(x), q(x))
+    old["w_scale"] = old["w_scale"][:, :36].contiguous()
+    with pytest.raises(RuntimeError, match="version-2.*shape \\(4, 36\\).*needs \\(4, 37\\)"):
+        Int4WeightLinear(200, 37, group_size=64, scale_dtype=scale_dtype).load_state_dict(old)
+
+
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "int8-weight", "int4-weight"])
+def test_eager_fast_path_matches_op_and_pickles(scheme):
+    # The eager CPU path runs the kernel bound to the checked buffers' addresses: same result as the op, leading
+    # dims and dtypes kept, rebound when a buffer is replaced, and the module still pickles (torch.save) after it.
+    model = nn.Sequential(nn.Linear(70, 37))
+    quantize(model, scheme, group_size=64) if scheme == "int4-weight" else quantize(model, scheme)
+    q = model[0]
+    x = torch.randn(2, 3, 70)
+    with torch.no_grad():
+        first, second = q(x), q(x)  # checked through the op, then the bound kernel
+        assert second.shape == (2, 3, 37) and torch.equal(first, second)
+        assert torch.equal(q(x.reshape(6, 70)), second.reshape(6, 37))
+        assert q(x.bfloat16()).dtype == torch.bfloat16 and q(x.half()).dtype == torch.float16
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert torch.equal(loaded(x), second)
+        old_bias = q.bias.clone()
+        q.bias = torch.zeros(37)  # replaced buffer: checked and bound again
+        y = q(x)
+        assert torch.equal(y, q(x)) and torch.allclose(y + old_bias, second, atol=1e-5)
