@@ -7,6 +7,7 @@ is swapped). Results match `torch.optim.AdamW(foreach=False)` to a few ulp per s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -124,6 +125,7 @@ class AdamW(_FlatOptimizer):
         self._where: dict[int, tuple[int, int]] = {}
         self.last_grad_norm: torch.Tensor | None = None
         self._grad_mul = 1.0
+        self._norm_tables: tuple[tuple[int, ...], Any] | None = None  # Triton path: cached grad-norm chunk tables
         if capturable or differentiable:
             raise ValueError("fasttrain.optim.AdamW: capturable=True and differentiable=True are not supported; "
                              "use torch.optim.AdamW for those modes")
@@ -136,6 +138,8 @@ class AdamW(_FlatOptimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        if self.max_grad_norm is not None and self._flat[-1] is not None and self._flat[-1].triton:
+            self._grad_norm_tables()
         if getattr(self, "step_in_backward", False) and self._flat[-1] is not None:
             gi = len(self.param_groups) - 1
             for i, p in enumerate(self._flat[-1].params):
@@ -245,7 +249,10 @@ class AdamW(_FlatOptimizer):
             mul = 1.0 / grad_scale.to(device=dev, dtype=torch.float64).reshape(1)
         if self.max_grad_norm is not None:
             # Same fp32 arithmetic as the host path (and torch.nn.utils.clip_grad_norm_), on the device.
-            norm = tgn.total_norm([fg.grad_buf for _, fg in tri]).reshape(1)
+            # one partials + one finish launch, the chunk tables built when the groups were added
+            bufs, tables = self._grad_norm_tables()
+            norm, _ = tgn._norm_and_coef(bufs, 2.0, math.inf, tables)
+            norm = norm.reshape(1)
             if mul is not None:
                 norm = (norm.double() * mul).float()
             self.last_grad_norm = norm.reshape(())
@@ -266,6 +273,18 @@ class AdamW(_FlatOptimizer):
                         fg.steps[i : i + 1].add_(1.0 if skip is None else 1.0 - skip.float())
                         fg.tries[i] += 1
                 fg.refresh_uniform_step()
+
+    def _grad_norm_tables(self) -> tuple[list[torch.Tensor], Any]:
+        """The Triton groups' flat grad buffers and their grad-norm chunk tables (kernels/grad_norm.py),
+        cached: the buffers never move, and building the tables reads a host tensor, so it is done once
+        when the groups are added rather than inside a step."""
+        from fasttrain.kernels import grad_norm as tgn
+
+        bufs = [fg.grad_buf for fg in self._flat if fg is not None and fg.triton]
+        key = tuple(b.data_ptr() for b in bufs)
+        if self._norm_tables is None or self._norm_tables[0] != key:
+            self._norm_tables = (key, tgn._chunk_tables(bufs))
+        return bufs, self._norm_tables[1]
 
     def _launch(self, group: dict[str, Any], fg: _FlatGroup, i: int | None, mul: torch.Tensor | None,
                 skip: torch.Tensor | None) -> None:
