@@ -4,7 +4,9 @@ One launch updates a whole flat buffer: each program takes BLOCK contiguous elem
 grad, exp_avg, exp_avg_sq (and max_exp_avg_sq / fp32 master) and does the same fp32 arithmetic as
 the C++ kernels (csrc/optim/), in torch.optim.AdamW's order. Params fp32 / fp16 / bf16, states
 fp32 / bf16, optional fp32 masters (the param is then written as the rounded master). Scalars are
-runtime arguments, so a changing lr never recompiles. Stochastic rounding is CPU-only so far.
+runtime arguments, so a changing lr never recompiles; adamw_device_scalars_ reads the step-dependent
+ones (and a GradScaler skip flag) from a device tensor instead, so fasttrain.optim.AdamW's CUDA step
+never syncs with the host. Stochastic rounding is CPU-only so far.
 Under TRITON_INTERPRET=1 it runs on CPU tensors (fp32/fp16: the interpreter has no bf16).
 """
 

@@ -4,7 +4,8 @@ At construction each param group's parameters are packed into one contiguous buf
 parameter becomes a view of it, `p.data = flat[o:o + n].view_as(p)`), and `p.grad` is set to a view
 of a second flat buffer, which autograd then accumulates into in place. Optimizer states live in
 flat buffers too and `self.state[p]` holds views of them, so `state_dict()` looks exactly like
-torch.optim's. A step is then one kernel call per group over contiguous memory.
+torch.optim's. A step is then one kernel call per group over contiguous memory: C++ for CPU
+groups, Triton for CUDA groups (AdamW only), whose step counts then live on the device.
 
 What users can break, and what happens (checked at every step, cheap pointer comparisons):
 - `p.grad = t` (a new tensor) or `p.data = t`: detected; the new values are copied into the flat

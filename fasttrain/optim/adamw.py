@@ -76,7 +76,8 @@ class AdamW(_FlatOptimizer):
     gradients never exist at once. step() then only marks the end of the iteration; it must be
     called after every backward (a second gradient before it raises: no gradient accumulation).
     Not combinable with max_grad_norm (ValueError) or GradScaler (RuntimeError).
-    lr may be a float or a 1-element tensor (read once per step). `foreach` and `fused` are accepted
+    lr may be a float or a 1-element tensor (read once per step on CPU; on CUDA a CUDA tensor lr is read
+    by the device, never by the host). `foreach` and `fused` are accepted
     for drop-in compatibility and ignored (this optimizer is always fused); `capturable` and
     `differentiable` are not supported (ValueError).
     """
