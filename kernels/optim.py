@@ -4,7 +4,9 @@ One launch updates a whole flat buffer: each program takes BLOCK contiguous elem
 grad, exp_avg, exp_avg_sq (and max_exp_avg_sq / fp32 master) and does the same fp32 arithmetic as
 the C++ kernels (csrc/optim/), in torch.optim.AdamW's order. Params fp32 / fp16 / bf16, states
 fp32 / bf16, optional fp32 masters (the param is then written as the rounded master). Scalars are
-runtime arguments, so a changing lr never recompiles. Stochastic rounding is CPU-only so far.
+runtime arguments, so a changing lr never recompiles; adamw_device_scalars_ reads the step-dependent
+ones (and a GradScaler skip flag) from a device tensor instead, so fasttrain.optim.AdamW's CUDA step
+never syncs with the host. Stochastic rounding is CPU-only so far.
 Under TRITON_INTERPRET=1 it runs on CPU tensors (fp32/fp16: the interpreter has no bf16).
 """
 
@@ -23,9 +25,18 @@ BLOCK = 1024
 
 @triton.jit
 def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, mx_ptr, master_ptr, n, decay, omb1, beta2, omb2, ibc2, eps, neg_step,
-                  grad_mul, MAXIMIZE: tl.constexpr, AMSGRAD: tl.constexpr, MASTER: tl.constexpr, LOW_W: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  grad_mul, sc_ptr, MAXIMIZE: tl.constexpr, AMSGRAD: tl.constexpr, MASTER: tl.constexpr,
+                  LOW_W: tl.constexpr, DEVICE_SCALARS: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    if DEVICE_SCALARS:
+        # The step-dependent scalars live on the device (see adamw_device_scalars_): reading them here
+        # instead of on the host is what keeps a CUDA step free of device-to-host syncs. A set skip flag
+        # (GradScaler found inf/NaN) masks every load and store off: the step costs no memory traffic.
+        decay = tl.load(sc_ptr + 0)
+        neg_step = tl.load(sc_ptr + 1)
+        ibc2 = tl.load(sc_ptr + 2)
+        grad_mul = tl.load(sc_ptr + 3)
+        n = tl.where(tl.load(sc_ptr + 4) == 0.0, n, 0)
     mask = offs < n
     if MASTER:
         p = tl.load(master_ptr + offs, mask=mask, other=0.0)
@@ -75,8 +86,33 @@ def adamw_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_a
     ms = master if master is not None else exp_avg
     _adamw_kernel[(triton.cdiv(n, BLOCK),)](
         param, grad, exp_avg, exp_avg_sq, mx, ms, n, 1.0 - lr * weight_decay, omb1, beta2, 1.0 - beta2,
-        1.0 / bc2_sqrt, eps, -(lr / bc1), grad_scale, MAXIMIZE=bool(maximize), AMSGRAD=bool(amsgrad),
-        MASTER=master is not None, LOW_W=omb1 < 0.5, BLOCK=BLOCK,
+        1.0 / bc2_sqrt, eps, -(lr / bc1), grad_scale, exp_avg, MAXIMIZE=bool(maximize), AMSGRAD=bool(amsgrad),
+        MASTER=master is not None, LOW_W=omb1 < 0.5, DEVICE_SCALARS=False, BLOCK=BLOCK,
+    )
+
+
+__all__ += ["adamw_device_scalars_"]
+
+
+def adamw_device_scalars_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                          max_exp_avg_sq: torch.Tensor | None, master: torch.Tensor | None, scalars: torch.Tensor, *,
+                          beta1: float, beta2: float, eps: float, maximize: bool, amsgrad: bool) -> None:
+    """adamw_ with the step-dependent scalars read from the device: one launch, no host sync.
+
+    scalars: (5,) fp32 on param's device = [1 - lr * weight_decay, -lr / (1 - beta1^step),
+    1 / sqrt(1 - beta2^step), grad multiplier (1 / loss scale * clip coefficient), skip (nonzero:
+    leave every buffer untouched)], as built by fasttrain.optim.AdamW on the device. Buffers as in adamw_.
+    """
+    n = param.numel()
+    if n == 0:
+        return
+    omb1 = 1.0 - beta1
+    mx = max_exp_avg_sq if amsgrad else exp_avg_sq
+    ms = master if master is not None else exp_avg
+    _adamw_kernel[(triton.cdiv(n, BLOCK),)](
+        param, grad, exp_avg, exp_avg_sq, mx, ms, n, 1.0, omb1, beta2, 1.0 - beta2, 1.0, eps, 0.0, 1.0, scalars,
+        MAXIMIZE=bool(maximize), AMSGRAD=bool(amsgrad), MASTER=master is not None, LOW_W=omb1 < 0.5,
+        DEVICE_SCALARS=True, BLOCK=BLOCK,
     )
 
 

@@ -4,7 +4,8 @@ At construction each param group's parameters are packed into one contiguous buf
 parameter becomes a view of it, `p.data = flat[o:o + n].view_as(p)`), and `p.grad` is set to a view
 of a second flat buffer, which autograd then accumulates into in place. Optimizer states live in
 flat buffers too and `self.state[p]` holds views of them, so `state_dict()` looks exactly like
-torch.optim's. A step is then one kernel call per group over contiguous memory.
+torch.optim's. A step is then one kernel call per group over contiguous memory: C++ for CPU
+groups, Triton for CUDA groups (AdamW only), whose step counts then live on the device.
 
 What users can break, and what happens (checked at every step, cheap pointer comparisons):
 - `p.grad = t` (a new tensor) or `p.data = t`: detected; the new values are copied into the flat
@@ -20,6 +21,7 @@ What users can break, and what happens (checked at every step, cheap pointer com
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,6 +37,16 @@ _ALIGN = 16
 _QBLOCK = 256  # elements per scale of 8-bit states (fasttrain.ops.reference.INT8_BLOCK)
 
 
+# Which kernels run a group's step: "auto" = C++ for CPU tensors, Triton for CUDA tensors; "triton" =
+# Triton for CPU tensors too (private, for tests: with TRITON_INTERPRET=1 the CUDA path, device-side
+# scalars and all, runs on CPU). Read when a param group is added; tests set this attribute directly.
+_BACKEND = os.environ.get("FASTTRAIN_OPTIM_BACKEND", "auto")
+
+
+def _uses_triton(device: torch.device) -> bool:
+    return device.type == "cuda" or _BACKEND == "triton"
+
+
 def _align(n: int, to: int = _ALIGN) -> int:
     return (n + to - 1) // to * to
 
@@ -42,7 +54,8 @@ def _align(n: int, to: int = _ALIGN) -> int:
 class _FlatGroup:
     """The flat buffers of one param group. Buffers are 1-D of `total` elements."""
 
-    def __init__(self, params: list[torch.nn.Parameter], flat_grads: bool = True, int8_min_numel: int | None = None):
+    def __init__(self, params: list[torch.nn.Parameter], flat_grads: bool = True, int8_min_numel: int | None = None,
+                 triton_ok: bool = False):
         self.params = params
         self.dtype = params[0].dtype
         self.numels = [p.numel() for p in params]
@@ -81,7 +94,13 @@ class _FlatGroup:
         self.gptrs = [v.data_ptr() for v in self.grad_views] if flat_grads else None
         self.state_bufs: dict[str, torch.Tensor] = {}
         self.state_views: dict[str, list[torch.Tensor]] = {}
-        self.steps = torch.zeros(len(params), dtype=torch.float32)
+        # Triton groups (CUDA, or the forced backend) keep the step counts on the params' device, as torch's
+        # fused CUDA optimizers do: a GradScaler skip is only known there, so the host never reads them.
+        # `tries` counts the step() calls that attempted each parameter (host ints): a skip is all-or-nothing
+        # for a step, so the counts agree exactly when the tries do, and uniformity needs no device read.
+        self.triton = triton_ok and _uses_triton(dev)
+        self.steps = torch.zeros(len(params), dtype=torch.float32, device=dev if self.triton else "cpu")
+        self.tries = [0] * len(params)
         # The common step count of every parameter in the group, or None when they differ (then the
         # group runs per tensor, each with its own count).
         self.uniform_step: int | None = 0
@@ -101,6 +120,9 @@ class _FlatGroup:
         return self.state_bufs[name]
 
     def refresh_uniform_step(self) -> None:
+        if self.triton:  # the value is never used on this path, only whether the counts agree
+            self.uniform_step = 0 if len(set(self.tries)) <= 1 else None
+            return
         lo, hi = float(self.steps.min()), float(self.steps.max())
         self.uniform_step = int(lo) if lo == hi and lo == int(lo) else None
 
@@ -110,6 +132,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
     `_check_group(group)` and `_update(group, fg, idx, steps)`."""
 
     _flat: list[_FlatGroup]
+    _cuda_ok = False  # subclasses with a Triton update path (AdamW) accept CUDA parameters
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
         self._flat = []
@@ -142,9 +165,11 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"{name}: parameter {i} has layout {p.layout}; only dense parameters are supported")
             if p.dtype not in (torch.float32, torch.bfloat16, torch.float16):
                 raise TypeError(f"{name}: parameter {i} has dtype {p.dtype}; supported: float32, bfloat16, float16")
-            if p.device.type != "cpu":
-                raise ValueError(f"{name}: parameter {i} is on {p.device}; only CPU parameters are supported so far "
-                                 "(the CUDA/Triton path is not implemented: use torch.optim.AdamW(fused=True) there)")
+            if p.device.type != "cpu" and not (p.device.type == "cuda" and self._cuda_ok):
+                where = "CPU and CUDA" if type(self)._cuda_ok else "CPU"
+                alt = "" if type(self)._cuda_ok else (" (fasttrain.optim.AdamW runs on CUDA; for this optimizer use "
+                                                      f"torch.optim.{name}(fused=True) there)")
+                raise ValueError(f"{name}: parameter {i} is on {p.device}; {name} supports {where} parameters{alt}")
             if not p.requires_grad:
                 raise ValueError(f"{name}: parameter {i} has requires_grad=False; pass only trainable parameters "
                                  "(e.g. [p for p in model.parameters() if p.requires_grad])")
@@ -159,7 +184,8 @@ class _FlatOptimizer(torch.optim.Optimizer):
         group = self.param_groups[-1]
         self._check_group(group)
         flat_grads = not getattr(self, "step_in_backward", False)
-        fg = _FlatGroup(group["params"], flat_grads=flat_grads, **self._layout(group)) if group["params"] else None
+        fg = (_FlatGroup(group["params"], flat_grads=flat_grads, triton_ok=self._cuda_ok, **self._layout(group))
+              if group["params"] else None)
         self._flat.append(fg)
         if fg is not None:
             self._attach_state(group, fg)
@@ -249,7 +275,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group, fg in zip(self.param_groups, self._flat):
-            if fg is None:
+            if fg is None or fg.triton:  # Triton groups were stepped by the subclass (AdamW._step_triton)
                 continue
             missing = self._sync(fg)
             if not missing and fg.uniform_step is not None:
@@ -302,5 +328,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
                     if s is None:  # torch.optim.SGD keeps no step count: a saved buffer means "not the first step"
                         s = 1.0 if any(isinstance(v, torch.Tensor) for v in st.values()) else 0.0
                     fg.steps[i] = float(s)
+                if fg.triton:  # a one-off read at load time (never per step)
+                    fg.tries = [int(x) for x in fg.steps.tolist()]
                 self._load_group(group, fg, loaded)
                 fg.refresh_uniform_step()

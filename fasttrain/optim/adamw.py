@@ -7,6 +7,7 @@ is swapped). Results match `torch.optim.AdamW(foreach=False)` to a few ulp per s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from fasttrain.ops.grad_norm import total_norm_host
 from fasttrain.ops.optim import adamw_step_
 from fasttrain.optim import _int8
-from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer
+from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer, _uses_triton
 
 __all__ = ["AdamW"]
 
@@ -43,11 +44,18 @@ class AdamW(_FlatOptimizer):
     # scaler.unscale_) and `self.found_inf` before calling step(). step() then skips the update if
     # found_inf, and otherwise multiplies the grads by 1/scale inside the fused pass: no unscale pass.
     _step_supports_amp_scaling = True
+    _cuda_ok = True
 
     """AdamW (decoupled weight decay, Loshchilov & Hutter 2019), same arguments as torch.optim.AdamW.
 
-    params: iterable of CPU parameters that require grad (fp32, bf16 or fp16; one dtype per group), or
-    param-group dicts.
+    params: iterable of CPU or CUDA parameters that require grad (fp32, bf16 or fp16; one dtype and one
+    device per group), or param-group dicts.
+    On CUDA each group's update is one Triton launch over its flat buffers (fasttrain.kernels.optim)
+    and a step never syncs with the host: the step counts live on the device (state["step"] is a CUDA
+    tensor, as in torch's fused optimizers), GradScaler's found_inf / scale and a tensor lr are read by
+    the kernel, and max_grad_norm uses the device-side Triton norm. CUDA supports state_dtype
+    "fp32"/"bf16", master_weights and amsgrad; int8 states, stochastic_rounding and step_in_backward
+    are CPU-only (ValueError at construction).
     master_weights: for bf16/fp16 params, keep fp32 master weights inside the optimizer (state
     "master"); the step updates the master and writes the rounded param in the same pass.
     state_dtype: "fp32" (default) or "bf16" for exp_avg / exp_avg_sq (computed in fp32, stored bf16), or
@@ -68,7 +76,8 @@ class AdamW(_FlatOptimizer):
     gradients never exist at once. step() then only marks the end of the iteration; it must be
     called after every backward (a second gradient before it raises: no gradient accumulation).
     Not combinable with max_grad_norm (ValueError) or GradScaler (RuntimeError).
-    lr may be a float or a 1-element tensor (read once per step). `foreach` and `fused` are accepted
+    lr may be a float or a 1-element tensor (read once per step on CPU; on CUDA a CUDA tensor lr is read
+    by the device, never by the host). `foreach` and `fused` are accepted
     for drop-in compatibility and ignored (this optimizer is always fused); `capturable` and
     `differentiable` are not supported (ValueError).
     """
@@ -117,6 +126,7 @@ class AdamW(_FlatOptimizer):
         self._where: dict[int, tuple[int, int]] = {}
         self.last_grad_norm: torch.Tensor | None = None
         self._grad_mul = 1.0
+        self._norm_tables: tuple[tuple[int, ...], Any] | None = None  # Triton path: cached grad-norm chunk tables
         if capturable or differentiable:
             raise ValueError("fasttrain.optim.AdamW: capturable=True and differentiable=True are not supported; "
                              "use torch.optim.AdamW for those modes")
@@ -129,6 +139,8 @@ class AdamW(_FlatOptimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        if self.max_grad_norm is not None and self._flat[-1] is not None and self._flat[-1].triton:
+            self._grad_norm_tables()
         if getattr(self, "step_in_backward", False) and self._flat[-1] is not None:
             gi = len(self.param_groups) - 1
             for i, p in enumerate(self._flat[-1].params):
@@ -186,8 +198,17 @@ class AdamW(_FlatOptimizer):
             with torch.enable_grad():
                 loss = closure()
         # Set by torch.amp.GradScaler.step (see _step_supports_amp_scaling). Reading a CPU scalar
-        # is not a device sync; the CUDA path, when it exists, must keep these on the device.
+        # is not a device sync; the Triton path keeps these on the device.
         found_inf = getattr(self, "found_inf", None)
+        tri = [(g, fg) for g, fg in zip(self.param_groups, self._flat) if fg is not None and fg.triton]
+        if tri:
+            if len(tri) != sum(fg is not None for fg in self._flat) and self.max_grad_norm is not None:
+                raise NotImplementedError("AdamW(max_grad_norm=...) with CPU and CUDA param groups in one optimizer: "
+                                          "the global norm would span devices; use one optimizer per device, or "
+                                          "clip with fasttrain.ops.clip_grad_norm_ per device before step()")
+            self._step_triton(tri, found_inf, getattr(self, "grad_scale", None))
+            if len(tri) == sum(fg is not None for fg in self._flat):
+                return loss
         if found_inf is not None and float(found_inf) != 0.0:
             return loss  # skipped, as torch's fused optimizers do: no state or step count changes
         grad_scale = getattr(self, "grad_scale", None)
@@ -210,6 +231,93 @@ class AdamW(_FlatOptimizer):
         finally:
             self._grad_mul = 1.0
         return loss
+
+    def _step_triton(self, tri: list[tuple[dict[str, Any], _FlatGroup]], found_inf: torch.Tensor | None,
+                     grad_scale: torch.Tensor | None) -> None:
+        """The Triton groups' step with no device-to-host read: the grad multiplier (1 / loss scale
+        times the clip coefficient), the skip flag and the bias corrections are computed by small
+        device ops (in fp64, then rounded to fp32 as the host path rounds its Python floats) and the
+        update kernel reads them from a 5-element device tensor; one launch per group."""
+        from fasttrain.kernels import grad_norm as tgn
+
+        dev = tri[0][1].param_buf.device
+        if any(fg.param_buf.device != dev for _, fg in tri) and (self.max_grad_norm is not None or found_inf is not None):
+            raise NotImplementedError("AdamW on CUDA: param groups on several GPUs with max_grad_norm or GradScaler "
+                                      "are not supported; use one optimizer per device")
+        missing = [self._sync(fg) for _, fg in tri]  # before the norm: swapped grads must count in it
+        mul = None  # fp64 device scalar, or None for 1
+        if grad_scale is not None:
+            mul = 1.0 / grad_scale.to(device=dev, dtype=torch.float64).reshape(1)
+        if self.max_grad_norm is not None:
+            # Same fp32 arithmetic as the host path (and torch.nn.utils.clip_grad_norm_), on the device.
+            # one partials + one finish launch, the chunk tables built when the groups were added
+            bufs, tables = self._grad_norm_tables()
+            norm, _ = tgn._norm_and_coef(bufs, 2.0, math.inf, tables)
+            norm = norm.reshape(1)
+            if mul is not None:
+                norm = (norm.double() * mul).float()
+            self.last_grad_norm = norm.reshape(())
+            coef = self.max_grad_norm / (norm + 1e-6)
+            coef = torch.where(coef >= 1.0, torch.ones_like(coef), coef)  # keeps NaN, like the host path
+            mul = coef.double() if mul is None else mul * coef.double()
+        skip = None if found_inf is None else (found_inf.to(dev).reshape(1) != 0).to(torch.float64)
+        for (group, fg), miss in zip(tri, missing):
+            if not miss and fg.uniform_step is not None:
+                self._launch(group, fg, None, mul, skip)
+                fg.steps.add_(1.0 if skip is None else 1.0 - skip.float())
+                fg.tries = [t + 1 for t in fg.tries]
+            else:  # per-tensor fallback (params without a gradient are skipped, as in torch)
+                skipset = set(miss)
+                for i in range(len(fg.params)):
+                    if i not in skipset:
+                        self._launch(group, fg, i, mul, skip)
+                        fg.steps[i : i + 1].add_(1.0 if skip is None else 1.0 - skip.float())
+                        fg.tries[i] += 1
+                fg.refresh_uniform_step()
+
+    def _grad_norm_tables(self) -> tuple[list[torch.Tensor], Any]:
+        """The Triton groups' flat grad buffers and their grad-norm chunk tables (kernels/grad_norm.py),
+        cached: the buffers never move, and building the tables reads a host tensor, so it is done once
+        when the groups are added rather than inside a step."""
+        from fasttrain.kernels import grad_norm as tgn
+
+        bufs = [fg.grad_buf for fg in self._flat if fg is not None and fg.triton]
+        key = tuple(b.data_ptr() for b in bufs)
+        if self._norm_tables is None or self._norm_tables[0] != key:
+            self._norm_tables = (key, tgn._chunk_tables(bufs))
+        return bufs, self._norm_tables[1]
+
+    def _launch(self, group: dict[str, Any], fg: _FlatGroup, i: int | None, mul: torch.Tensor | None,
+                skip: torch.Tensor | None) -> None:
+        """One Triton update of group `fg` (i None: the whole flat buffers; else parameter i alone)."""
+        from fasttrain.kernels import optim as tk
+
+        dev = fg.param_buf.device
+        lr = group["lr"]
+        lr = lr.to(device=dev, dtype=torch.float64).reshape(1) if isinstance(lr, torch.Tensor) else float(lr)
+        if not isinstance(lr, torch.Tensor) and not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        b1, b2 = (_scalar(b) for b in group["betas"])  # betas are host numbers (a CUDA tensor would sync here)
+        s = (fg.steps[0:1] if i is None else fg.steps[i : i + 1]).double() + 1.0  # the count after this update
+        sc = torch.empty(5, dtype=torch.float64, device=dev)
+        sc[0:1] = 1.0 - lr * group["weight_decay"]
+        sc[1:2] = -(lr / (1.0 - torch.pow(b1, s)))
+        sc[2:3] = 1.0 / torch.sqrt(1.0 - torch.pow(b2, s))
+        sc[3:4] = 1.0 if mul is None else mul
+        sc[4:5] = 0.0 if skip is None else skip
+        sc = sc.float()
+        b = fg.state_bufs
+        if i is None:
+            bufs = (fg.param_buf, fg.grad_buf, b["exp_avg"], b["exp_avg_sq"], b.get("max_exp_avg_sq"), b.get("master"))
+        else:
+            v = fg.state_views
+            bufs = (fg.param_views[i], fg.grad_views[i], v["exp_avg"][i], v["exp_avg_sq"][i],
+                    v["max_exp_avg_sq"][i] if "max_exp_avg_sq" in v else None, v["master"][i] if "master" in v else None)
+        if group["amsgrad"] and bufs[4] is None:
+            fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))
+            return self._launch(group, fg, i, mul, skip)
+        tk.adamw_device_scalars_(*(t.reshape(-1) if t is not None else None for t in bufs), sc, beta1=b1, beta2=b2,
+                                 eps=group["eps"], maximize=group["maximize"], amsgrad=group["amsgrad"])
 
     def _end_of_step(self, closure=None):
         """step() with step_in_backward=True: the updates already ran during backward; this marks the
@@ -260,6 +368,18 @@ class AdamW(_FlatOptimizer):
             what = f"{dtype} params" if dtype != torch.float32 else "amsgrad=True"
             raise ValueError(f"state_dtype='int8' is implemented for float32 params without amsgrad (got {what}); "
                              "use state_dtype='bf16' for low-precision params or amsgrad")
+        dev = group["params"][0].device if group["params"] else torch.device("cpu")
+        if _uses_triton(dev):
+            where = f"on {dev}" if dev.type == "cuda" else "on the Triton backend"
+            if group["state_dtype"] == "int8":
+                raise ValueError(f"AdamW {where}: state_dtype='int8' is CPU-only so far; use state_dtype='fp32' or "
+                                 "'bf16' (with master_weights=True for bf16/fp16 params)")
+            if group["stochastic_rounding"]:
+                raise ValueError(f"AdamW {where}: stochastic_rounding=True is CPU-only so far; use "
+                                 "master_weights=True for bf16 params")
+            if getattr(self, "step_in_backward", False):
+                raise ValueError(f"AdamW {where}: step_in_backward=True is CPU-only so far; use the flat step "
+                                 "(step_in_backward=False)")
         if group["stochastic_rounding"] and (dtype != torch.bfloat16 or group["master_weights"]):
             raise ValueError(f"stochastic_rounding=True needs bfloat16 params without master weights (got {dtype} params"
                              f"{', master_weights=True' if group['master_weights'] else ''}): with masters the rounding "

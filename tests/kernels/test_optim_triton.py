@@ -47,6 +47,33 @@ def test_triton_adamw_matches_cpp(n, pdt, use_master, cfg):
         torch.testing.assert_close(tri[0].cpu(), ref[0], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("n", [1, 7, 4099])
+@pytest.mark.parametrize("pdt, use_master", [(torch.float32, False), (torch.float16, True)], ids=["fp32", "fp16-master"])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_device_scalars_match_host_scalars_and_skip(n, pdt, use_master, amsgrad):
+    """adamw_device_scalars_ (scalars read from a device tensor: fasttrain.optim.AdamW's CUDA step) gives
+    the same bits as adamw_ with the same fp32 scalars by value; a nonzero skip flag touches nothing."""
+    import math
+
+    p, g, m, v, mx, master = make(n, pdt)
+    lr, b1, b2, wd, step, gs = 1e-2, 0.9, 0.999, 0.01, 3, 0.5
+    host = [t.clone().to(DEVICE) for t in (p, g, m, v, mx, master)]
+    dev = [t.clone().to(DEVICE) for t in (p, g, m, v, mx, master)]
+    kw = dict(eps=1e-8, maximize=False, amsgrad=amsgrad)
+    tk.adamw_(*host[:4], host[4] if amsgrad else None, host[5] if use_master else None, lr=lr, beta1=b1, beta2=b2,
+              weight_decay=wd, step=step, grad_scale=gs, **kw)
+    sc = [1.0 - lr * wd, -(lr / (1.0 - b1**step)), 1.0 / math.sqrt(1.0 - b2**step), gs]
+    for skip in (1.0, 0.0):
+        scalars = torch.tensor(sc + [skip], dtype=torch.float32, device=DEVICE)
+        before = [t.clone() for t in dev]
+        tk.adamw_device_scalars_(*dev[:4], dev[4] if amsgrad else None, dev[5] if use_master else None, scalars,
+                                 beta1=b1, beta2=b2, **kw)
+        if skip:
+            assert all(torch.equal(a, b) for a, b in zip(before, dev))
+    for name, h, d in zip(("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master"), host, dev):
+        assert torch.equal(h, d), name
+
+
 # --- blockwise 8-bit states (fasttrain::adamw_int8_) ----------------------------------------------
 
 
