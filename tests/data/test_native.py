@@ -56,6 +56,19 @@ def test_native_equals_python_pipeline(threads, prefetch):
     assert len(a) == len(b) == 22 and all(same(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.parametrize("prefetch_samples", [0, 1, 5, 1000])
+@pytest.mark.parametrize("hw", [1, 8, 48])  # source rows of 3 bytes, 192 bytes, 6912 bytes (< and > a page)
+def test_software_prefetch_distance_changes_no_byte(prefetch_samples, hw):
+    # The fill prefetches the rows of samples ahead (csrc/data/batch.cpp); any distance, including
+    # one past the end of the batch and 0 (off), must give the default's batches bit for bit.
+    data = dataset(101, hw=hw)
+    tf = {"image": [Normalize(MEAN, STD)], "label": Widen()}
+    ref, other = Loader(data, 16, seed=3, transforms=tf, num_threads=2), Loader(data, 16, seed=3, transforms=tf, num_threads=2)
+    other._prefetch_samples = prefetch_samples
+    a, b = batches(ref), batches(other)
+    assert len(a) == len(b) == 7 and all(same(x, y) for x, y in zip(a, b))
+
+
 def test_token_loader_native_equals_python_pipeline():
     toks = np.random.default_rng(0).integers(0, 50_000, 5_000).astype(np.uint16)
     nat, py = TokenLoader(toks, 16, 7, seed=2, num_threads=2), TokenLoader(toks, 16, 7, seed=2, num_threads=2)
