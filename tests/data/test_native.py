@@ -57,16 +57,23 @@ def test_native_equals_python_pipeline(threads, prefetch):
 
 
 @pytest.mark.parametrize("prefetch_samples", [0, 1, 5, 1000])
-@pytest.mark.parametrize("hw", [1, 8, 48])  # source rows of 3 bytes, 192 bytes, 6912 bytes (< and > a page)
-def test_software_prefetch_distance_changes_no_byte(prefetch_samples, hw):
+@pytest.mark.parametrize("hw", [1, 8, 64])  # image rows of 3, 192 and 12288 bytes (the last above the 8 KiB prefetch cap)
+@pytest.mark.parametrize("source", ["arrays", "records"])  # records: fields interleaved, row stride > row bytes
+def test_software_prefetch_distance_changes_no_byte(tmp_path, prefetch_samples, hw, source):
     # The fill prefetches the rows of samples ahead (csrc/data/batch.cpp); any distance, including
     # one past the end of the batch and 0 (off), must give the default's batches bit for bit.
+    import fasttrain.data as fd
+
     data = dataset(101, hw=hw)
+    src = data if source == "arrays" else fd.write_records(tmp_path / "d.ftrec", data)
     tf = {"image": [Normalize(MEAN, STD)], "label": Widen()}
-    ref, other = Loader(data, 16, seed=3, transforms=tf, num_threads=2), Loader(data, 16, seed=3, transforms=tf, num_threads=2)
+    ref, other = Loader(src, 16, seed=3, transforms=tf, num_threads=2), Loader(src, 16, seed=3, transforms=tf, num_threads=2)
     other._prefetch_samples = prefetch_samples
     a, b = batches(ref), batches(other)
     assert len(a) == len(b) == 7 and all(same(x, y) for x, y in zip(a, b))
+    idx = torch.from_numpy(ref.indices(0, 0))
+    want = ((torch.from_numpy(data["image"])[idx].float() - torch.tensor(MEAN)) / torch.tensor(STD))
+    assert torch.equal(a[0]["image"], want)
 
 
 def test_token_loader_native_equals_python_pipeline():
