@@ -103,19 +103,22 @@ namespace avx512 { const DataKernels& table(); }
 const DataKernels& kernels();
 
 
-// The serial core of fill_batch, for callers that bring their own threads (the Producer): the
-// per-field constants computed once, and per-thread scratch rows.
 // Samples whose source rows fill_rows prefetches ahead of the one it converts. Shuffled rows are
 // scattered over the data, so each starts with a DRAM miss that the hardware prefetcher (which
 // follows a row only once it has seen a few lines of it) does not hide. Measured on the 2-core Zen 4
-// box, one thread filling 256 random 3 KiB images into streamed fp32 (medians of 30 interleaved
-// rounds): 233 us without, 212 us at distance 1 or 2, 219 us at 4; the conversion alone
-// (no division) took 214 us unprefetched, so the row misses, not the arithmetic, are the cost.
+// box (loaded), one thread running fill_rows alone on 256 random 3 KiB images + int64 labels into a
+// ring of five streamed fp32 slots, medians of 15-30 interleaved rounds: 261-281 us without, 241-256 us
+// at distance 2 (also 1, 3 or every third line: alike). Inside the Loader the same A/B measured
+// 0.99-1.03x (1 and 2 threads, 40-60 rounds), as did dropping the division: there the fill is bound
+// by its memory traffic, not by row latency or arithmetic. bench_loader.py keeps the A/B
+// (ft_no_prefetch) for quiet-box runs.
 constexpr int kPrefetchSamples = 2;
 // At most this many bytes of one field's row are prefetched: enough to cover a small image whole,
 // and for large rows the start, after which the hardware prefetcher has locked on.
 constexpr int64_t kPrefetchRowBytes = 8192;
 
+// The serial core of fill_batch, for callers that bring their own threads (the Producer): the
+// per-field constants computed once, and per-thread scratch rows.
 struct FillContext {
   explicit FillContext(std::vector<FieldPlan> plans, int prefetch_samples = kPrefetchSamples);
   std::vector<FieldPlan> plans;
