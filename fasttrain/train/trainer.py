@@ -142,9 +142,10 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if isinstance(optimizer, torch.optim.Optimizer):
             return optimizer
-        if isinstance(optimizer, str) and self.device.type != "cpu":
-            # fasttrain.optim runs on CPU tensors only so far (its Triton kernel is not wired into the
-            # optimizer classes yet): use torch's fused implementation on accelerators.
+        cuda_adamw = optimizer == "adamw" and self.device.type == "cuda" and self.precision.optimizer_state != "int8"
+        if isinstance(optimizer, str) and self.device.type != "cpu" and not cuda_adamw:
+            # fasttrain's AdamW runs on CUDA (one Triton launch per group, no host sync); SGD/Lion and
+            # other accelerators are CPU-only so far: use torch's fused implementation there.
             if self.precision.master_weights or optimizer not in ("adamw", "sgd"):
                 raise ValueError(f"Trainer: optimizer={optimizer!r} with precision {self.precision} is CPU-only for "
                                  f"now; on {self.device.type} pass a torch optimizer or use precision='bf16-mixed'")
