@@ -6,6 +6,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = FT_VERSION;
   m.attr("compiler") = __VERSION__;
   ft::bind_core(m);
+  ft::bind_io(m);
   ft::bind_optim(m.def_submodule("optim", "fused optimizer kernels"));
   ft::bind_data(m.def_submodule("data", "data loading kernels"));
   ft::bind_quant(m.def_submodule("quant", "quantized inference kernels"));

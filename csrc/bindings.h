@@ -7,6 +7,7 @@
 namespace ft {
 
 void bind_core(pybind11::module_ m);   // csrc/bind_core.cpp: ISA selection, multi-tensor norm/clip
+void bind_io(pybind11::module_ m);     // csrc/io.cpp: durable atomic file writes without the GIL
 void bind_optim(pybind11::module_ m);  // csrc/optim/bind.cpp
 void bind_data(pybind11::module_ m);   // csrc/data/bind.cpp
 void bind_quant(pybind11::module_ m);  // csrc/quant/bind.cpp

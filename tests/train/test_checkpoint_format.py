@@ -77,3 +77,14 @@ def test_flipped_tensor_byte_is_detected(tmp_path):
     path.write_bytes(bytes(blob))
     with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
         load_checkpoint(path)
+
+
+def test_durable_write_errors_name_the_file_and_leave_no_temp(tmp_path):
+    from fasttrain.train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "a.bin", [b"ab", memoryview(b"cd")])
+    assert (tmp_path / "a.bin").read_bytes() == b"abcd"
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OSError, match="d"):
+        atomic_write_bytes(tmp_path / "d", b"x")  # rename over a directory fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "d"]
