@@ -6,8 +6,6 @@ in every round, each consuming `K` batches from an iterator that lives across ro
 worker start-up excluded):
   fasttrain        Loader(dict of arrays, transforms={"image": Normalize, "label": Widen}): the native
                    pipeline (C++ producer threads filling a ring of batch slots)
-  ft_no_prefetch   the same Loader with the fill's software prefetch of upcoming rows turned off (A/B of
-                   csrc/data/batch.cpp's kPrefetchSamples; identical batches)
   ft_pythreads     the same Loader forced onto its Python worker-thread pipeline (the one torch
                    Datasets and numba batch_transforms use; before the native producer, the only one)
   dl0 / dl2        torch DataLoader(TensorDataset, batch_size=256, shuffle=True, num_workers=0 / 2), then normalize
@@ -85,8 +83,6 @@ def test_loader_images(benchmark, smoke, images):
     ft = Loader({"image": x, "label": y}, BATCH, seed=0, transforms=tf)
     ft_py = Loader({"image": x, "label": y}, BATCH, seed=0, transforms=tf)
     ft_py._native = False
-    ft_nopf = Loader({"image": x, "label": y}, BATCH, seed=0, transforms=tf)
-    ft_nopf._prefetch_samples = 0
     dl0 = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True)
     dl2 = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=2, persistent_workers=True)
     sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(ds), BATCH, drop_last=False)
@@ -106,7 +102,6 @@ def test_loader_images(benchmark, smoke, images):
 
     fns = {
         "fasttrain": taker(forever(lambda: ft), k),
-        "ft_no_prefetch": taker(forever(lambda: ft_nopf), k),
         "ft_pythreads": taker(forever(lambda: ft_py), k),
         "dl0": taker(forever(lambda: dl0), k, normalize),
         "dl2": taker(forever(lambda: dl2), k, normalize),

@@ -144,9 +144,8 @@ void image(const FieldPlan& p, const DataKernels& k, const float* mean_pat, cons
 
 const DataKernels& kernels() { return kernels_for(current_isa()); }
 
-FillContext::FillContext(std::vector<FieldPlan> plans_, int prefetch_samples_)
-    : plans(std::move(plans_)), mean_pat(plans.size()), std_pat(plans.size()), k(&kernels()),
-      prefetch_samples(std::max(0, prefetch_samples_)) {
+FillContext::FillContext(std::vector<FieldPlan> plans_)
+    : plans(std::move(plans_)), mean_pat(plans.size()), std_pat(plans.size()), k(&kernels()) {
   // mean/std repeated along the longest stream an image kernel call sees (a whole image or a row).
   for (size_t f = 0; f < plans.size(); ++f) {
     const FieldPlan& p = plans[f];
@@ -169,30 +168,10 @@ FillScratch::FillScratch(const FillContext& ctx) : row(ctx.plans.size()), frow(c
     }
 }
 
-namespace {
-// Asks for every field's source row of sample `index` (up to kPrefetchRowBytes each) to be brought
-// into the cache. A hint only: it never faults and changes no result. Always inlined: GCC 12 sees
-// no side effect in __builtin_prefetch, so it judged an out-of-line version pure and deleted the
-// calls (checked in the disassembly of the built module).
-inline __attribute__((always_inline)) void prefetch_sample(const std::vector<FieldPlan>& plans, int64_t index) {
-  for (const FieldPlan& p : plans) {
-    const int64_t bytes = std::min(p.row_bytes, kPrefetchRowBytes);  // the whole source row, images included
-    if (bytes <= 0) continue;
-    const char* row = reinterpret_cast<const char*>(p.base) + index * p.row_stride;
-    const int64_t lines = (int64_t(reinterpret_cast<uintptr_t>(row) & 63) + bytes + 63) / 64;
-    const char* line = row - (reinterpret_cast<uintptr_t>(row) & 63);
-    for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(line + l * 64, 0, 3);
-  }
-}
-}  // namespace
-
 void fill_rows(const FillContext& ctx, const uintptr_t* outs, const int64_t* idx, int64_t begin, int64_t end,
                uint64_t seed, uint64_t epoch, FillScratch& scratch) {
   const std::vector<FieldPlan>& plans = ctx.plans;
-  const int64_t ahead = ctx.prefetch_samples;
-  for (int64_t i = begin; i < std::min(end, begin + ahead); ++i) prefetch_sample(plans, idx[i]);
   for (int64_t i = begin; i < end; ++i) {
-    if (i + ahead < end && ahead > 0) prefetch_sample(plans, idx[i + ahead]);
     for (size_t f = 0; f < plans.size(); ++f) {
       const FieldPlan& p = plans[f];
       const uint8_t* src = reinterpret_cast<const uint8_t*>(p.base) + idx[i] * p.row_stride;

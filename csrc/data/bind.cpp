@@ -108,7 +108,6 @@ void bind_data(py::module_ m) {
       .def_readwrite("phase", &ProducerSpec::phase)
       .def_readwrite("threads", &ProducerSpec::threads)
       .def_readwrite("slots", &ProducerSpec::slots)
-      .def_readwrite("prefetch_samples", &ProducerSpec::prefetch_samples)
       .def_readwrite("fault_batch", &ProducerSpec::fault_batch)
       .def_readwrite("fault_kind", &ProducerSpec::fault_kind);
 

@@ -103,28 +103,13 @@ namespace avx512 { const DataKernels& table(); }
 const DataKernels& kernels();
 
 
-// Samples whose source rows fill_rows prefetches ahead of the one it converts. Shuffled rows are
-// scattered over the data, so each starts with a DRAM miss that the hardware prefetcher (which
-// follows a row only once it has seen a few lines of it) does not hide. Measured on the 2-core Zen 4
-// box (loaded), one thread running fill_rows alone on 256 random 3 KiB images + int64 labels into a
-// ring of five streamed fp32 slots, medians of 15-30 interleaved rounds: 261-281 us without, 241-256 us
-// at distance 2 (also 1, 3 or every third line: alike). Inside the Loader the same A/B measured
-// 0.99-1.03x (1 and 2 threads, 40-60 rounds), as did dropping the division: there the fill is bound
-// by its memory traffic, not by row latency or arithmetic. bench_loader.py keeps the A/B
-// (ft_no_prefetch) for quiet-box runs.
-constexpr int kPrefetchSamples = 2;
-// At most this many bytes of one field's row are prefetched: enough to cover a small image whole,
-// and for large rows the start, after which the hardware prefetcher has locked on.
-constexpr int64_t kPrefetchRowBytes = 8192;
-
 // The serial core of fill_batch, for callers that bring their own threads (the Producer): the
 // per-field constants computed once, and per-thread scratch rows.
 struct FillContext {
-  explicit FillContext(std::vector<FieldPlan> plans, int prefetch_samples = kPrefetchSamples);
+  explicit FillContext(std::vector<FieldPlan> plans);
   std::vector<FieldPlan> plans;
   std::vector<std::vector<float>> mean_pat, std_pat;  // mean/std repeated along a whole image
   const DataKernels* k;
-  int prefetch_samples;  // 0 turns the software prefetch off (A/B benchmarks; the bytes are the same)
 };
 struct FillScratch {
   explicit FillScratch(const FillContext& ctx);

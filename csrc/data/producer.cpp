@@ -17,7 +17,7 @@ std::set<Producer*> g_live;
 }  // namespace
 
 Producer::Producer(ProducerSpec spec, std::vector<std::vector<uintptr_t>> outs)
-    : spec_(std::move(spec)), ctx_(spec_.plans, spec_.prefetch_samples), outs_(std::move(outs)), claim_(spec_.first) {
+    : spec_(std::move(spec)), ctx_(spec_.plans), outs_(std::move(outs)), claim_(spec_.first) {
   static_assert(sizeof(std::atomic<int64_t>) == sizeof(int64_t) && std::atomic<int64_t>::is_always_lock_free,
                 "the consumer reads the shared words as plain int64");
   const size_t per_slot = spec_.windows ? 2 : spec_.plans.size();

@@ -41,7 +41,6 @@ struct ProducerSpec {
   int token_code = 0;
   int64_t block = 0, phase = 0;  // window start = sample index * block + phase
   int threads = 1, slots = 2;
-  int prefetch_samples = kPrefetchSamples;  // software prefetch distance of the fill (0: off; see data.h)
   // Fault injection for the shutdown/error tests: at batch fault_batch, kind 1 throws a
   // std::runtime_error, kind 2 blocks until the producer is stopped.
   int64_t fault_batch = -1;

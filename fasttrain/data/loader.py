@@ -220,9 +220,6 @@ class _Iter:
 class _BaseLoader:
     # False forces the Python worker-thread pipeline (benchmarks and tests compare the two).
     _native = True
-    # Software prefetch distance of the native fill in samples (None: the C++ default, 0: off); the
-    # batches are the same either way, benchmarks A/B it.
-    _prefetch_samples = None
 
     def __init__(self, batch_size, shuffle, seed, drop_last, num_threads, prefetch, pin_memory, device, rank, world_size):
         name = type(self).__name__
@@ -322,8 +319,6 @@ class _BaseLoader:
         spec.n, spec.seed, spec.epoch, spec.shuffle = self.num_samples, self.seed, epoch, self.shuffle
         spec.rank, spec.world, spec.batch_size = self.rank, self.world_size, self.batch_size
         spec.rank_samples = self._rank_samples()
-        if self._prefetch_samples is not None:
-            spec.prefetch_samples = self._prefetch_samples
         return spec
 
     def close(self) -> None:

@@ -56,26 +56,6 @@ def test_native_equals_python_pipeline(threads, prefetch):
     assert len(a) == len(b) == 22 and all(same(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("prefetch_samples", [0, 1, 5, 1000])
-@pytest.mark.parametrize("hw", [1, 8, 64])  # image rows of 3, 192 and 12288 bytes (the last above the 8 KiB prefetch cap)
-@pytest.mark.parametrize("source", ["arrays", "records"])  # records: fields interleaved, row stride > row bytes
-def test_software_prefetch_distance_changes_no_byte(tmp_path, prefetch_samples, hw, source):
-    # The fill prefetches the rows of samples ahead (csrc/data/batch.cpp); any distance, including
-    # one past the end of the batch and 0 (off), must give the default's batches bit for bit.
-    import fasttrain.data as fd
-
-    data = dataset(101, hw=hw)
-    src = data if source == "arrays" else fd.write_records(tmp_path / "d.ftrec", data)
-    tf = {"image": [Normalize(MEAN, STD)], "label": Widen()}
-    ref, other = Loader(src, 16, seed=3, transforms=tf, num_threads=2), Loader(src, 16, seed=3, transforms=tf, num_threads=2)
-    other._prefetch_samples = prefetch_samples
-    a, b = batches(ref), batches(other)
-    assert len(a) == len(b) == 7 and all(same(x, y) for x, y in zip(a, b))
-    idx = torch.from_numpy(ref.indices(0, 0))
-    want = ((torch.from_numpy(data["image"])[idx].float() - torch.tensor(MEAN)) / torch.tensor(STD))
-    assert torch.equal(a[0]["image"], want)
-
-
 def test_token_loader_native_equals_python_pipeline():
     toks = np.random.default_rng(0).integers(0, 50_000, 5_000).astype(np.uint16)
     nat, py = TokenLoader(toks, 16, 7, seed=2, num_threads=2), TokenLoader(toks, 16, 7, seed=2, num_threads=2)
