@@ -217,7 +217,7 @@ def test_new_iter_stops_the_previous_pass():
 
 
 @pytest.mark.parametrize("case", ["mid-epoch", "blocked-producer", "token-loader"])
-def test_interpreter_exit_with_live_producer(case):
+def test_interpreter_exit_with_live_producer(case, tmp_path):
     code = textwrap.dedent(f"""
         import numpy as np
         from fasttrain.data import Loader, TokenLoader
@@ -235,5 +235,7 @@ def test_interpreter_exit_with_live_producer(case):
         print("ok", flush=True)
         # exit with the iterator, its producer threads and a held batch alive
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=BOUND_MS / 1000)
+    # cwd outside the checkout: the child must import the installed package, not the source folder
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=BOUND_MS / 1000,
+                       cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
