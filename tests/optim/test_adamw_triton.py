@@ -8,12 +8,12 @@ in both, so results agree to a couple of fp32 ulp (rtol 1e-6) after a few steps.
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton", reason="the Triton path needs `pip install 'fasttrain[triton]'`")
 
 import fasttrain.optim  # noqa: E402
 from fasttrain.optim import _flat  # noqa: E402
+from _sync import SyncCounter  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -153,19 +153,6 @@ def test_real_grad_scaler(triton_backend):
     (ref_model, ref_steps, ref_scale), (model, steps, scale) = results
     assert steps == ref_steps == [STEPS - 1] * 4 and scale == ref_scale
     assert_models_close(ref_model, model, torch.float32)
-
-
-class SyncCounter(TorchDispatchMode):
-    """Counts device-to-host reads (.item(), float(tensor), ...): all go through _local_scalar_dense."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("drop", [None, 1], ids=["flat", "per-tensor"])

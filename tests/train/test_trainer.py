@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fasttrain
 from fasttrain.examples.digits import digits_mlp, load_digits_tensors
 from fasttrain.train import Callback, CheckpointError, EarlyStopping, ModelCheckpoint, Precision, load_checkpoint
+from _sync import SyncCounter
 
 CE = nn.functional.cross_entropy
 
@@ -125,19 +125,6 @@ def test_exact_resume_after_sigkill(tmp_path, grad_accum, kill_at):
     assert r.returncode == 0, r.stderr
     a, b = torch.load(full), torch.load(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-class SyncCounter(TorchDispatchMode):
-    """Counts device-to-host reads (.item(), bool(tensor), ...): all go through _local_scalar_dense."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "torch-sgd"])
