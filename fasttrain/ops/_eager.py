@@ -30,8 +30,7 @@ def call(op: Callable[..., Any], cpu_impl: Callable[..., Any], mutated: tuple[to
     mutated: the tensors the op declares in mutates_args (None entries skipped)."""
     first = mutated[0]
     if first is not None and _direct_ok(first):
-        with torch.no_grad():
-            cpu_impl(*args)
+        cpu_impl(*args)  # works on data pointers: autograd never sees it, grad mode does not matter
         for t in mutated:
             if t is not None:
                 increment_version(t)
