@@ -65,6 +65,32 @@ void bind_optim(py::module_ m) {
       "One fused AdamW step over flat fp32 buffers (torch.optim.AdamW semantics), in place.");
 
   m.def(
+      "adamw_linear_f32_",
+      [](uintptr_t p, uintptr_t exp_avg, uintptr_t exp_avg_sq, uintptr_t max_exp_avg_sq, uintptr_t x, uintptr_t dy,
+         int64_t rows, int64_t out_features, int64_t in_features, double lr, double beta1, double beta2, double eps,
+         double weight_decay, double step, bool maximize, bool amsgrad, double grad_mul, int threads) {
+        if (rows < 1 || rows > 64) throw std::invalid_argument("rows must be in [1, 64]");
+        if (out_features < 0 || in_features < 0) throw std::invalid_argument("negative shape");
+        const int64_t n = out_features * in_features;
+        if (amsgrad && n > 0 && max_exp_avg_sq == 0) throw std::invalid_argument("amsgrad needs max_exp_avg_sq");
+        const optim::AdamWArgs a = make_args(lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_mul);
+        float* pp = ptr<float>(p, n, "param");
+        float* mp = ptr<float>(exp_avg, n, "exp_avg");
+        float* vp = ptr<float>(exp_avg_sq, n, "exp_avg_sq");
+        float* xp = amsgrad ? ptr<float>(max_exp_avg_sq, n, "max_exp_avg_sq") : nullptr;
+        const float* in = ptr<const float>(x, rows * in_features, "input");
+        const float* go = ptr<const float>(dy, rows * out_features, "grad_output");
+        py::gil_scoped_release nogil;
+        optim::adamw_linear_f32(pp, mp, vp, xp, in, go, rows, out_features, in_features, a, threads);
+      },
+      py::arg("param"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("max_exp_avg_sq"), py::arg("input"),
+      py::arg("grad_output"), py::arg("rows"), py::arg("out_features"), py::arg("in_features"), py::arg("lr"),
+      py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("step"), py::arg("maximize"),
+      py::arg("amsgrad"), py::arg("grad_mul"), py::arg("threads"),
+      "One fused AdamW step of a Linear weight (out, in) whose gradient grad_output^T @ input is computed "
+      "chunk by chunk inside the pass (never stored).");
+
+  m.def(
       "adamw_mixed_",
       [](uintptr_t p, uintptr_t g, uintptr_t exp_avg, uintptr_t exp_avg_sq, uintptr_t max_exp_avg_sq, uintptr_t master,
          int64_t n, int param_dtype, int state_dtype, double lr, double beta1, double beta2, double eps,

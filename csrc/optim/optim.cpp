@@ -78,4 +78,24 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c,
   for_chunks(n, threads, [&](int64_t off, int64_t len) { k.touch4r3w(p + off, g + off, m + off, v + off, len, c); });
 }
 
+// The gradient chunk is computed into a per-thread scratch that stays in L1 (16 KiB) while the
+// AdamW span kernel consumes it; x (B rows) is re-read from L2 for each chunk.
+constexpr int64_t kLinearChunk = 4096;
+
+void adamw_linear_f32(float* p, float* m, float* v, float* max_v, const float* x, const float* dy, int64_t B,
+                      int64_t N, int64_t K, const AdamWArgs& a, int threads) {
+  const OptimKernels& k = kernels();
+  const int64_t n = N * K, nc = (n + kLinearChunk - 1) / kLinearChunk;
+#pragma omp parallel num_threads(threads_for(n, threads))
+  {
+    alignas(64) float g[kLinearChunk];
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < nc; ++c) {
+      const int64_t off = c * kLinearChunk, len = std::min(kLinearChunk, n - off);
+      k.linear_grad(x, dy, B, N, K, off, len, g);
+      k.adamw_f32(p + off, g, m + off, v + off, max_v ? max_v + off : nullptr, len, a);
+    }
+  }
+}
+
 }  // namespace ft::optim

@@ -81,6 +81,10 @@ struct OptimKernels {
   // Memory roofline for the AdamW pass: reads p, g, m, v and writes p, m, v (in place) with no math,
   // so a benchmark can time "the same bytes" next to the real kernel.
   void (*touch4r3w)(float* p, const float* g, float* m, float* v, int64_t n, float c);
+  // g[0, len) = elements [off, off + len) of the flattened (N, K) weight gradient dy^T x of a Linear
+  // layer (x: (B, K), dy: (B, N), B <= kLinearMaxRows); order of operations in optim_linear.h.
+  void (*linear_grad)(const float* x, const float* dy, int64_t B, int64_t N, int64_t K, int64_t off, int64_t len,
+                      float* g);
 };
 
 namespace scalar { const OptimKernels& table(); }
@@ -100,5 +104,9 @@ void adamw_int8(const Int8Bufs& b, int64_t n, const AdamWArgs& a, int threads);
 void sgd_f32(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a, int threads);
 void lion_f32(float* p, const float* g, float* m, int64_t n, const LionArgs& a, int threads);
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c, int threads);
+// AdamW on a Linear weight p (N, K) fp32 whose gradient dy^T x is computed chunk by chunk inside the
+// pass (never stored); m, v (, max_v) fp32 like p. x: (B, K), dy: (B, N).
+void adamw_linear_f32(float* p, float* m, float* v, float* max_v, const float* x, const float* dy, int64_t B,
+                      int64_t N, int64_t K, const AdamWArgs& a, int threads);
 
 }  // namespace ft::optim

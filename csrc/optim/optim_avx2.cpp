@@ -5,6 +5,7 @@
 #include "optim.h"
 #include "optim_elem.h"
 #include "optim_int8.h"
+#include "optim_linear.h"
 
 namespace ft::optim::avx2 {
 namespace {
@@ -78,10 +79,42 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
   }
 }
 
+// dy^T x chunk (optim_linear.h): 4 independent 8-lane accumulators; the tail runs the portable
+// element loop (std::fma is the same instruction here), so every element follows one fma chain.
+void linear_grad(const float* x, const float* dy, int64_t B, int64_t N, int64_t K, int64_t off, int64_t len, float* g) {
+  float d[kLinearMaxRows];
+  for_row_segments(K, off, len, [&](int64_t r, int64_t c0, int64_t seg, int64_t j) {
+    for (int64_t b = 0; b < B; ++b) d[b] = dy[b * N + r];
+    const float* xr = x + c0;
+    float* gr = g + j;
+    int64_t c = 0;
+    for (; c + 4 * W <= seg; c += 4 * W) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t b = 0; b < B; ++b) {
+        const __m256 db = _mm256_set1_ps(d[b]);
+        const float* xb = xr + b * K + c;
+        a0 = _mm256_fmadd_ps(db, _mm256_loadu_ps(xb), a0);
+        a1 = _mm256_fmadd_ps(db, _mm256_loadu_ps(xb + W), a1);
+        a2 = _mm256_fmadd_ps(db, _mm256_loadu_ps(xb + 2 * W), a2);
+        a3 = _mm256_fmadd_ps(db, _mm256_loadu_ps(xb + 3 * W), a3);
+      }
+      _mm256_storeu_ps(gr + c, a0);
+      _mm256_storeu_ps(gr + c + W, a1);
+      _mm256_storeu_ps(gr + c + 2 * W, a2);
+      _mm256_storeu_ps(gr + c + 3 * W, a3);
+    }
+    for (; c < seg; ++c) {
+      float acc = 0.0f;
+      for (int64_t b = 0; b < B; ++b) acc = std::fma(d[b], xr[b * K + c], acc);
+      gr[c] = acc;
+    }
+  });
+}
+
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"avx2", adamw_f32, adamw_mixed, sgd_f32, lion_f32, adamw_int8, touch4r3w};
+  static const OptimKernels t{"avx2", adamw_f32, adamw_mixed, sgd_f32, lion_f32, adamw_int8, touch4r3w, linear_grad};
   return t;
 }
 

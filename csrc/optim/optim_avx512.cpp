@@ -6,6 +6,7 @@
 #include "optim.h"
 #include "optim_elem.h"
 #include "optim_int8.h"
+#include "optim_linear.h"
 
 namespace ft::optim::avx512 {
 namespace {
@@ -269,10 +270,43 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
   }
 }
 
+// dy^T x chunk (optim_linear.h): 4 independent 16-lane accumulators per step so the FMA latency is
+// hidden; each lane runs the same fma chain over b as the portable loop.
+void linear_grad(const float* x, const float* dy, int64_t B, int64_t N, int64_t K, int64_t off, int64_t len, float* g) {
+  float d[kLinearMaxRows];
+  for_row_segments(K, off, len, [&](int64_t r, int64_t c0, int64_t seg, int64_t j) {
+    for (int64_t b = 0; b < B; ++b) d[b] = dy[b * N + r];
+    const float* xr = x + c0;
+    float* gr = g + j;
+    int64_t c = 0;
+    for (; c + 4 * W <= seg; c += 4 * W) {
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t b = 0; b < B; ++b) {
+        const __m512 db = _mm512_set1_ps(d[b]);
+        const float* xb = xr + b * K + c;
+        a0 = _mm512_fmadd_ps(db, _mm512_loadu_ps(xb), a0);
+        a1 = _mm512_fmadd_ps(db, _mm512_loadu_ps(xb + W), a1);
+        a2 = _mm512_fmadd_ps(db, _mm512_loadu_ps(xb + 2 * W), a2);
+        a3 = _mm512_fmadd_ps(db, _mm512_loadu_ps(xb + 3 * W), a3);
+      }
+      _mm512_storeu_ps(gr + c, a0);
+      _mm512_storeu_ps(gr + c + W, a1);
+      _mm512_storeu_ps(gr + c + 2 * W, a2);
+      _mm512_storeu_ps(gr + c + 3 * W, a3);
+    }
+    for (; c < seg; c += W) {
+      const __mmask16 k = mask_for(seg - c);
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t b = 0; b < B; ++b) a = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), _mm512_maskz_loadu_ps(k, xr + b * K + c), a);
+      _mm512_mask_storeu_ps(gr + c, k, a);
+    }
+  });
+}
+
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"avx512", adamw_f32, adamw_mixed, sgd_f32, lion_f32, adamw_int8, touch4r3w};
+  static const OptimKernels t{"avx512", adamw_f32, adamw_mixed, sgd_f32, lion_f32, adamw_int8, touch4r3w, linear_grad};
   return t;
 }
 

@@ -2,6 +2,7 @@
 #include "optim.h"
 #include "optim_elem.h"
 #include "optim_int8.h"
+#include "optim_linear.h"
 
 namespace ft::optim::scalar {
 namespace {
@@ -36,7 +37,7 @@ void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c)
 }  // namespace
 
 const OptimKernels& table() {
-  static const OptimKernels t{"scalar", adamw_f32, adamw_mixed, sgd_f32, lion_f32, adamw_int8, touch4r3w};
+  static const OptimKernels t{"scalar", adamw_f32, adamw_mixed, sgd_f32, lion_f32, adamw_int8, touch4r3w, linear_grad_portable};
   return t;
 }
 

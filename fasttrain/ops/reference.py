@@ -233,6 +233,17 @@ def adamw_reference(
     param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
+__all__ += ["adamw_linear_reference"]
+
+
+@torch.no_grad()
+def adamw_linear_reference(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, input: torch.Tensor,
+                           grad_output: torch.Tensor, max_exp_avg_sq: torch.Tensor | None = None, **kw) -> None:
+    """`adamw_linear_step_`: the Linear weight gradient grad_output.T @ input (rows, in) x (rows, out),
+    then `adamw_reference` with it. Pass fp64 copies for a ground truth."""
+    adamw_reference(param, grad_output.t() @ input, exp_avg, exp_avg_sq, max_exp_avg_sq, **kw)
+
+
 __all__ += ["sgd_reference", "lion_reference"]
 
 

@@ -123,6 +123,7 @@ class AdamW(_FlatOptimizer):
                              "updated as soon as its own gradient is ready, before the global norm is known")
         self.step_in_backward = bool(step_in_backward)
         self._updated: set[int] = set()  # params updated since the last step()/zero_grad() (step_in_backward)
+        self._fused_layers: list[tuple[torch.nn.Module, Any]] = []  # (layer, state): fuse_linear_backward
         self._where: dict[int, tuple[int, int]] = {}
         self.last_grad_norm: torch.Tensor | None = None
         self._grad_mul = 1.0
@@ -147,10 +148,43 @@ class AdamW(_FlatOptimizer):
                 self._where[id(p)] = (gi, i)
                 p.register_post_accumulate_grad_hook(self._step_one)
 
-    @torch.no_grad()
-    def _step_one(self, p: torch.Tensor) -> None:
-        """step_in_backward: the post-accumulate-grad hook of `p`. Updates p from its fresh gradient
-        (while it is still in cache) with the same kernel as the flat path, then frees the gradient."""
+    def fuse_linear_backward(self, model: torch.nn.Module) -> Any:
+        """step_in_backward=True: also fuse the weight-gradient computation of `model`'s nn.Linear layers
+        into their update, so their weight gradients are never stored at all (not even briefly).
+
+        Each fused layer's backward passes its input (rows, in) and output gradient (rows, out) to
+        `fasttrain.ops.adamw_linear_step_`, which computes dy^T x chunk by chunk inside the AdamW pass.
+        Applies to plain nn.Linear layers whose weight this optimizer updates in an fp32 group with fp32
+        states and no master weights, when the input has at most 64 rows (tokens) and is fp32 on the
+        CPU outside autocast and torch.compile; otherwise the layer runs as usual and the post-
+        accumulate-grad hook updates it. Tied weights (one tensor in several modules) are left alone.
+        Returns a handle: `.modules` names the fused layers, `.remove()` undoes it.
+        fasttrain.Trainer calls this for you when the optimizer has step_in_backward=True.
+        """
+        from fasttrain.optim import _fused_linear
+
+        if not self.step_in_backward:
+            raise ValueError("AdamW.fuse_linear_backward needs step_in_backward=True (the update must run inside "
+                             "backward for the weight gradient never to be stored)")
+
+        def eligible(w: torch.Tensor) -> bool:
+            where = self._where.get(id(w))
+            if where is None:
+                return False
+            fg, group = self._flat[where[0]], self.param_groups[where[0]]
+            return (fg.dtype == torch.float32 and not fg.triton and group["state_dtype"] == "fp32"
+                    and not group["master_weights"] and w.device.type == "cpu")
+
+        return _fused_linear.fuse(self, model, eligible)
+
+    def _flush_linear(self) -> None:
+        """Settles fused layers whose forward count exceeded their backward calls (see _fused_linear)."""
+        for m, st in self._fused_layers:
+            if st.pending or st.count:
+                st.flush(m.weight)
+
+    def _begin_update(self, p: torch.Tensor) -> tuple[int, int]:
+        """step_in_backward: checks before updating `p` once (a second gradient, a swapped param)."""
         gi, i = self._where[id(p)]
         if id(p) in self._updated:
             raise RuntimeError(
@@ -166,15 +200,42 @@ class AdamW(_FlatOptimizer):
                                  "build a new optimizer after changing parameter shapes or dtypes")
             fg.param_views[i].copy_(p.data)
             p.data = fg.param_views[i]
-        grad = p.grad
-        if grad.layout != torch.strided:
-            raise TypeError(f"AdamW: parameter {i} has a {grad.layout} gradient; sparse gradients are not supported")
         fg.steps[i] += 1.0
         fg.uniform_step = None
+        self._updated.add(id(p))
+        return gi, i
+
+    @torch.no_grad()
+    def _step_linear(self, p: torch.Tensor, x: torch.Tensor, dy: torch.Tensor) -> None:
+        """A fused Linear's backward (fuse_linear_backward): updates weight p from x (rows, in) and
+        dy (rows, out) without a stored gradient; beyond MAX_ROWS rows (several calls) via a matmul."""
+        from fasttrain.ops.fused_linear import MAX_ROWS, adamw_linear_step_
+
+        if x.shape[0] > MAX_ROWS:
+            p.grad = dy.t() @ x
+            return self._step_one(p)
+        gi, i = self._begin_update(p)
+        fg, group = self._flat[gi], self.param_groups[gi]
+        sv = fg.state_views
+        adamw_linear_step_(fg.param_views[i], sv["exp_avg"][i], sv["exp_avg_sq"][i], x, dy,
+                           sv["max_exp_avg_sq"][i] if group["amsgrad"] else None, step=float(fg.steps[i]),
+                           **{k: v for k, v in self._kwargs(group).items() if k != "stochastic_rounding"})
+
+    @torch.no_grad()
+    def _step_one(self, p: torch.Tensor) -> None:
+        """step_in_backward: the post-accumulate-grad hook of `p`. Updates p from its fresh gradient
+        (while it is still in cache) with the same kernel as the flat path, then frees the gradient."""
+        grad = p.grad
+        if grad is None:  # a fused Linear weight: autograd runs the hook with no gradient (updated already)
+            return
+        if grad.layout != torch.strided:
+            raise TypeError(f"AdamW: parameter {self._where[id(p)][1]} has a {grad.layout} gradient; sparse "
+                            "gradients are not supported")
+        gi, i = self._begin_update(p)
+        fg, group = self._flat[gi], self.param_groups[gi]
         if group["state_dtype"] == "int8":
             fg.int8.step_one(fg, i, grad, float(fg.steps[i]), self._kwargs(group))
             p.grad = None
-            self._updated.add(id(p))
             return
         sv = fg.state_views
         adamw_step_(fg.param_views[i], grad.contiguous(), sv["exp_avg"][i], sv["exp_avg_sq"][i],
@@ -183,7 +244,6 @@ class AdamW(_FlatOptimizer):
                     seed=(int(fg.steps[i]) * 0x9E3779B1 + gi * 0x85EBCA77 + (fg.offsets[i] << 8)) & 0xFFFFFFFF,
                     **self._kwargs(group))
         p.grad = None
-        self._updated.add(id(p))
 
     # torch.compile runs the step eagerly (one graph break, like torch's own optimizers outside
     # compiled-optimizer mode): it is a few pointer checks and one C++ call per group, so there is
@@ -326,6 +386,7 @@ class AdamW(_FlatOptimizer):
             raise RuntimeError("AdamW(step_in_backward=True) cannot be used with GradScaler: the parameters were "
                                "updated during backward, before the scaler could check the gradients for inf/NaN")
         loss = None
+        self._flush_linear()
         self._updated.clear()
         if closure is not None:
             with torch.enable_grad():
@@ -337,6 +398,7 @@ class AdamW(_FlatOptimizer):
     @torch.no_grad()
     def zero_grad(self, set_to_none: bool = True) -> None:
         if self.step_in_backward:
+            self._flush_linear()
             self._updated.clear()  # gradients were freed by the hooks already
             return
         super().zero_grad(set_to_none)

@@ -114,6 +114,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.loggers = make_loggers(loggers, self.checkpoint_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         self.optimizer = self._build_optimizer(optimizer, optimizer_kwargs or {})
+        if getattr(self.optimizer, "step_in_backward", False):
+            self._setup_step_in_backward()
         self.lr_scheduler = lr_scheduler(self.optimizer) if callable(lr_scheduler) and not hasattr(lr_scheduler, "step") else lr_scheduler
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.loss_scaling else None
         self.global_step = self.epoch = self.samples_seen = 0
@@ -170,6 +172,21 @@ class Trainer:
                                  "pass optimizer='adamw' (or 'sgd'/'lion'), or a Precision with master_weights=False")
             return optimizer(params)
         raise TypeError(f"Trainer: optimizer must be a name, an Optimizer or a callable, got {type(optimizer).__name__}")
+
+    def _setup_step_in_backward(self) -> None:
+        """optimizer_kwargs={"step_in_backward": True}: the update runs inside backward, so refuse what
+        needs the whole gradient first, and fuse the Linear layers' weight gradients into their update."""
+        if self.grad_accum > 1:
+            raise ValueError("Trainer: step_in_backward=True updates each parameter during backward, so it cannot "
+                             f"accumulate gradients over grad_accum={self.grad_accum} micro-batches; use grad_accum=1")
+        if self.precision.loss_scaling:
+            raise ValueError(f"Trainer: step_in_backward=True cannot be combined with loss scaling ({self.precision}): "
+                             "the update runs before the scaler can check the gradients; use bf16 precisions")
+        if hasattr(self.optimizer, "fuse_linear_backward"):
+            fused = self.optimizer.fuse_linear_backward(self.model).modules
+            if self.verbose and fused:
+                print(f"Trainer: step_in_backward: {len(fused)} Linear layer(s) compute their weight gradient inside "
+                      "the update (never stored)")
 
     def _as_loader(self, data, shuffle: bool) -> Any:
         if isinstance(data, torch.Tensor):
