@@ -74,6 +74,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer.fit(train_data, val_data=val_data, resume=args.resume)
     if val_data is not None:
         print(" ".join(f"{k}={v:.4f}" for k, v in trainer.validate(val_data).items()))
+    from fasttrain.train.checkpoint import wait_for_writes
+
+    wait_for_writes()  # the command's checkpoints and logs are on disk when it returns
     return 0
 
 

@@ -196,6 +196,21 @@ def adamw_step_(
                 bool(stochastic_rounding), int(seed))
 
 
+def adamw_flat_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                max_exp_avg_sq: torch.Tensor | None, *, lr: float, beta1: float, beta2: float, eps: float,
+                weight_decay: float, step: float, maximize: bool, amsgrad: bool, master: torch.Tensor | None,
+                stochastic_rounding: bool, seed: int, grad_scale: float) -> None:
+    """`adamw_step_` for the flat buffers fasttrain.optim allocates itself, which are valid by
+    construction (one dtype and device per group, contiguous, equal sizes, disjoint; fasttrain/optim/
+    _flat.py): the hyperparameters are still checked, the buffers not again on every step. Private to
+    fasttrain.optim; call `adamw_step_` with your own tensors."""
+    _check_hparams(_OP, lr, beta1, beta2, eps, weight_decay, step)
+    mx = max_exp_avg_sq if amsgrad else None
+    _eager.call(_adamw_op, _adamw_cpu, (param, exp_avg, exp_avg_sq, mx, master),
+                param, grad, exp_avg, exp_avg_sq, mx, master, lr, beta1, beta2, eps, weight_decay, step,
+                maximize, amsgrad, grad_scale, stochastic_rounding, seed)
+
+
 @torch.no_grad()
 def touch_4r3w_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c: float = 0.0) -> None:
     """Benchmark roofline (not an optimizer): p, m, v += c * g in one pass, i.e. the exact memory

@@ -274,6 +274,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._step_groups()
+        return loss
+
+    def _step_groups(self) -> None:
+        """The CPU groups' update (under no_grad: step's decorators). A subclass's step calls this
+        directly: a second pass through the decorators costs more than a small model's update."""
         for group, fg in zip(self.param_groups, self._flat):
             if fg is None or fg.triton:  # Triton groups were stepped by the subclass (AdamW._step_triton)
                 continue
@@ -291,7 +297,6 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 steps = fg.steps.tolist()
                 self._update(group, fg, idx, [steps[i] for i in idx])
                 fg.refresh_uniform_step()
-        return loss
 
     @torch.compiler.disable
     @torch.no_grad()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fasttrain.ops.grad_norm import total_norm_host
-from fasttrain.ops.optim import adamw_step_
+from fasttrain.ops.optim import adamw_flat_, adamw_step_
 from fasttrain.optim import _int8
 from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer, _uses_triton
 
@@ -287,7 +287,7 @@ class AdamW(_FlatOptimizer):
             mul *= coef
         self._grad_mul = mul
         try:
-            super().step()
+            self._step_groups()
         finally:
             self._grad_mul = 1.0
         return loss
@@ -506,8 +506,10 @@ class AdamW(_FlatOptimizer):
             b = fg.state_bufs
             # A new noise stream per step and group (never reused: the same bits every step would bias).
             seed = (int(steps[0]) * 0x9E3779B1 + gi * 0x85EBCA77) & 0xFFFFFFFF
-            adamw_step_(fg.param_buf, fg.grad_buf, b["exp_avg"], b["exp_avg_sq"], b.get("max_exp_avg_sq"), step=steps[0],
-                        master=b.get("master"), seed=seed, **kw)
+            # The group's own flat buffers (one dtype and device, contiguous, disjoint by construction):
+            # the op's per-call buffer checks would cost more than a small model's whole update.
+            adamw_flat_(fg.param_buf, fg.grad_buf, b["exp_avg"], b["exp_avg_sq"], b.get("max_exp_avg_sq"),
+                        step=steps[0], master=b.get("master"), seed=seed, **kw)
             return
         sv = fg.state_views
         for i, s in zip(idx, steps):

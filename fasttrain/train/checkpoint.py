@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import io
+import itertools
 import os
 import re
 import sys
@@ -26,12 +27,25 @@ from fasttrain.train import _serial
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "list_checkpoints", "CheckpointError", "atomic_write_bytes",
-    "serialize_checkpoint", "write_checkpoint_bytes", "write_in_background", "wait_for_writes", "raise_failed_writes",
+    "serialize_checkpoint", "write_checkpoint_bytes", "stage_checkpoint", "commit_checkpoint", "StagedCheckpoint",
+    "write_in_background", "wait_for_writes", "raise_failed_writes",
     "prune_checkpoints",
 ]
 
-MAGIC = b"FTCKPT02"
+# File layout (FTCKPT03): a 40-byte header = magic (8) + CRC-32C of the payload (4, little-endian) +
+# payload length (8) + zeros, then the payload (_serial.py). FTCKPT02 files (SHA-256 of the payload in
+# bytes 8-40) and FTCKPT01 files (SHA-256, torch.save payload) still load.
+MAGIC = b"FTCKPT03"
+_MAGIC_V2 = b"FTCKPT02"
 _MAGIC_V1 = b"FTCKPT01"
+_HEADER = 40
+
+
+def _header(parts: list[Any]) -> bytes:
+    from fasttrain._ext import _C
+
+    n = sum(memoryview(p).nbytes for p in parts)
+    return MAGIC + _C.crc32c(parts).to_bytes(4, "little") + n.to_bytes(8, "little") + bytes(_HEADER - 20)
 _STEP_RE = re.compile(r"^step-(\d+)\.ckpt$")
 
 
@@ -75,8 +89,50 @@ def serialize_checkpoint(state: dict[str, Any]) -> bytes:
 def write_checkpoint_bytes(path: str | os.PathLike, payload: bytes) -> Path:
     """Checksums and writes a serialized payload atomically. Releases the GIL for the hash and the
     I/O, so it can run on a background thread without slowing the training thread."""
-    atomic_write_bytes(path, [MAGIC + hashlib.sha256(payload).digest(), payload])  # no 1 MB concatenation
+    atomic_write_bytes(path, [_header([payload]), payload])  # no 1 MB concatenation
     return Path(path)
+
+
+_stage_ids = itertools.count()
+
+
+class StagedCheckpoint:
+    """A checkpoint whose bytes are in its temp file (written, not yet durable or visible):
+    `commit_checkpoint` makes it durable and renames it into place, `discard()` drops it."""
+
+    __slots__ = ("path", "tmp", "fd")
+
+    def __init__(self, path: Path, tmp: Path, fd: int):
+        self.path, self.tmp, self.fd = path, tmp, fd
+
+    def discard(self) -> None:
+        os.close(self.fd)
+        self.tmp.unlink(missing_ok=True)
+
+
+def stage_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> StagedCheckpoint:
+    """The CPU half of a checkpoint write, for the training thread: serialize (tensor bytes not
+    copied), checksum and copy into the page cache (~0.6 ms per MB here). Done on a background thread
+    instead, the same work preempts one of torch's OpenMP workers and every other worker then waits
+    for it at the next barrier: measured about twice its own CPU time in step time on the 2-core box.
+    What is left for the background, fsync and rename (`commit_checkpoint`), is waiting."""
+    parts = _serial.dumps_parts(state)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from fasttrain._ext import _C
+
+    # Unique per call: a step can be staged again (at the epoch end) while its first version waits.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_stage_ids)}.tmp"
+    fd = _C.write_file_begin(str(tmp), [_header(parts), *parts])
+    return StagedCheckpoint(path, tmp, fd)
+
+
+def commit_checkpoint(staged: StagedCheckpoint) -> Path:
+    """fsync, close, rename into place and fsync the directory (GIL released): the durable half."""
+    from fasttrain._ext import _C
+
+    _C.write_file_commit(staged.fd, str(staged.tmp), str(staged.path))
+    return staged.path
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -137,14 +193,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     try:
         with path.open("rb") as f:
-            header = f.read(40)
-            payload = _serial.empty_buffer(max(path.stat().st_size - 40, 0))  # aligned for the dtype views
+            header = f.read(_HEADER)
+            payload = _serial.empty_buffer(max(path.stat().st_size - _HEADER, 0))  # aligned for the dtype views
             got = f.readinto(payload.numpy())
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
-    if len(header) < 40 or header[:8] not in (MAGIC, _MAGIC_V1) or got != len(payload):
+    if len(header) < _HEADER or header[:8] not in (MAGIC, _MAGIC_V2, _MAGIC_V1) or got != len(payload):
         raise CheckpointError(f"{path} is not a fasttrain checkpoint (bad header; truncated or another format)")
-    if hashlib.sha256(payload.numpy()).digest() != header[8:40]:
+    if header[:8] == MAGIC:
+        from fasttrain._ext import _C
+
+        want = int.from_bytes(header[12:20], "little")
+        if want != len(payload):
+            raise CheckpointError(f"checkpoint {path} is truncated or padded: {len(payload)} payload bytes, the header "
+                                  f"says {want}")
+        if _C.crc32c([payload.numpy()]) != int.from_bytes(header[8:12], "little"):
+            raise CheckpointError(f"checkpoint {path} is corrupt: CRC-32C mismatch over {len(payload)} payload bytes")
+    elif hashlib.sha256(payload.numpy()).digest() != header[8:40]:
         raise CheckpointError(f"checkpoint {path} is corrupt: SHA-256 mismatch over {len(payload)} payload bytes")
     # Full unpickling (not weights_only): the state holds RNG states and config dicts written by
     # fasttrain itself, whose integrity the checksum has just verified.

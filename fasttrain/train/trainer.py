@@ -31,6 +31,8 @@ from fasttrain.train.checkpoint import (
     serialize_checkpoint,
     wait_for_writes,
     write_checkpoint_bytes,
+    stage_checkpoint,
+    commit_checkpoint,
     write_in_background,
 )
 from fasttrain.train.loggers import make_loggers
@@ -495,9 +497,10 @@ class Trainer:
         return Path(path)
 
     def _save_step_checkpoint(self) -> None:
-        """Periodic checkpoint. The state is serialized on the training thread (pickling holds the GIL:
-        done in the background it would stall the loop in switch-interval slices); the checksum, the
-        write and the fsync release the GIL and run on the writer thread while training goes on.
+        """Periodic checkpoint. Serializing, checksumming and writing into the page cache run on the
+        training thread (pickling holds the GIL, and CPU work on another thread preempts torch's
+        OpenMP workers: see checkpoint.stage_checkpoint); the fsync and rename run on the writer
+        thread while training goes on.
         Training never waits for an fsync (~10 ms here, longer than a short epoch): while one write
         runs, a newer periodic checkpoint replaces any that is still queued (at most one running and
         one waiting, so memory stays bounded and the newest state always lands). fit() returns without
@@ -507,20 +510,21 @@ class Trainer:
             return
         raise_failed_writes()
         path = self.checkpoint_dir / f"step-{self.global_step}.ckpt"
-        payload = serialize_checkpoint(self.state_dict())
+        staged = stage_checkpoint(path, self.state_dict())
         self._saved_step = self.global_step
         with self._ckpt_lock:
             job = self._pending_ckpt
             if job is not None and job[0] is not None:  # queued, not started: take its place
-                job[0] = (path, payload)
+                replaced, job[0] = job[0], staged
+                replaced.discard()
                 return
-            job = self._pending_ckpt = [(path, payload)]
+            job = self._pending_ckpt = [staged]
         directory, keep, lock = self.checkpoint_dir, self.keep_last_k, self._ckpt_lock
 
         def write():
             with lock:  # taken: a newer checkpoint now queues a job of its own
                 item, job[0] = job[0], None
-            write_checkpoint_bytes(*item)
+            commit_checkpoint(item)
             prune_checkpoints(directory, keep)
 
         write_in_background(write)

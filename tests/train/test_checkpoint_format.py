@@ -1,4 +1,4 @@
-"""The checkpoint codec (FTCKPT02): exact round trips for every dtype/shape the states hold, fallbacks
+"""The checkpoint codec (FTCKPT03): exact round trips for every dtype/shape the states hold, fallbacks
 for non-dense tensors, old FTCKPT01 files still load, corruption is caught."""
 
 import hashlib
@@ -75,8 +75,46 @@ def test_flipped_tensor_byte_is_detected(tmp_path):
     blob = bytearray(path.read_bytes())
     blob[-100] ^= 1
     path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="CRC-32C mismatch"):
+        load_checkpoint(path)
+
+
+def test_v2_files_still_load_and_are_verified(tmp_path):
+    """FTCKPT02 (SHA-256 header, same payload codec) from fasttrain <= 0.8."""
+    payload = _serial.dumps({"w": torch.arange(5.0)})
+    path = tmp_path / "v2.ckpt"
+    path.write_bytes(b"FTCKPT02" + hashlib.sha256(payload).digest() + payload)
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(5.0))
+    path.write_bytes(b"FTCKPT02" + hashlib.sha256(payload).digest() + payload[:-1] + bytes([payload[-1] ^ 1]))
     with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
         load_checkpoint(path)
+
+
+def test_crc32c_matches_the_standard_check_value():
+    from fasttrain._ext import _C
+
+    assert _C.crc32c([b"123456789"]) == 0xE3069283  # RFC 3720 / iSCSI check value
+    assert _C.crc32c([b"12345", memoryview(b"6789")]) == 0xE3069283  # spans concatenate
+    assert _C.crc32c([b"6789"], _C.crc32c([b"12345"])) == 0xE3069283  # and continue
+
+
+def test_truncated_payload_is_detected_by_length(tmp_path):
+    path = save_checkpoint(tmp_path / "c.ckpt", {"w": torch.zeros(1000)})
+    path.write_bytes(path.read_bytes()[:-64])
+    with pytest.raises(CheckpointError, match="truncated or padded"):
+        load_checkpoint(path)
+
+
+def test_staged_checkpoint_is_invisible_until_committed(tmp_path):
+    from fasttrain.train.checkpoint import commit_checkpoint, stage_checkpoint
+
+    staged = stage_checkpoint(tmp_path / "s.ckpt", {"w": torch.ones(3)})
+    assert not (tmp_path / "s.ckpt").exists()
+    commit_checkpoint(staged)
+    assert torch.equal(load_checkpoint(tmp_path / "s.ckpt")["w"], torch.ones(3))
+    dropped = stage_checkpoint(tmp_path / "t.ckpt", {"w": torch.ones(3)})
+    dropped.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ckpt"]
 
 
 def test_durable_write_errors_name_the_file_and_leave_no_temp(tmp_path):

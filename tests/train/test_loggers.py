@@ -144,17 +144,19 @@ def test_slow_checkpoint_writes_never_block_training(tmp_path, monkeypatch):
     from fasttrain.train import trainer as trainer_mod
 
     gate, written = threading.Event(), []
-    real = trainer_mod.write_checkpoint_bytes
+    real = trainer_mod.commit_checkpoint
 
-    def slow(path, payload):
+    def slow(staged):
         assert gate.wait(timeout=60)
-        written.append(path.name)
-        return real(path, payload)
+        written.append(staged.path.name)
+        return real(staged)
 
-    monkeypatch.setattr(trainer_mod, "write_checkpoint_bytes", slow)
+    monkeypatch.setattr(trainer_mod, "commit_checkpoint", slow)
+    trainer_mod.wait_for_writes()  # earlier tests' writes: the first checkpoint must find the writer idle
     t = trainer(None, max_steps=None, max_epochs=6, checkpoint_dir=tmp_path, keep_last_k=10)
     t.fit(small_data())  # 6 epoch-end checkpoints while the first write is blocked
     assert written == []
     gate.set()
     t.wait_for_checkpoint()
     assert written[0] == "step-3.ckpt" and written[-1] == f"step-{t.global_step}.ckpt" and len(written) == 2
+    assert not list(tmp_path.glob(".*.tmp"))  # the replaced checkpoints' temp files were removed

@@ -91,7 +91,7 @@ def test_corrupt_and_truncated_checkpoints_are_detected(tmp_path, digits):
     blob[len(blob) // 2] ^= 0xFF
     (tmp_path / "corrupt.ckpt").write_bytes(bytes(blob))
     (tmp_path / "short.ckpt").write_bytes(path.read_bytes()[:20])
-    with pytest.raises(CheckpointError, match="corrupt.ckpt is corrupt: SHA-256 mismatch"):
+    with pytest.raises(CheckpointError, match="corrupt.ckpt is corrupt: CRC-32C mismatch"):
         load_checkpoint(tmp_path / "corrupt.ckpt")
     with pytest.raises(CheckpointError, match="not a fasttrain checkpoint"):
         load_checkpoint(tmp_path / "short.ckpt")
