@@ -92,10 +92,11 @@ class FusedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         st = getattr(self, "_ft_state", None)
-        if (st is not None and torch.is_grad_enabled() and w.requires_grad and x.dtype == torch.float32
+        if (not torch.compiler.is_compiling() and st is not None and torch.is_grad_enabled() and w.requires_grad
+                and x.dtype == torch.float32
                 and w.dtype == torch.float32 and x.device.type == "cpu" and x.dim() >= 1
                 and 0 < x.numel() <= MAX_ROWS * x.shape[-1] and not torch.is_autocast_enabled("cpu")
-                and not torch.compiler.is_compiling() and st.opt() is not None):
+                and st.opt() is not None):
             st.count += 1
             return _LinearFn.apply(x, w, self.bias, st)
         return F.linear(x, w, self.bias)

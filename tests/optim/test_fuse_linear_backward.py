@@ -169,3 +169,14 @@ def test_trainer_fuses_and_refuses_accumulation():
     with pytest.raises(ValueError, match="grad_accum"):
         fasttrain.Trainer(mlp(), loss_fn=nn.functional.mse_loss, max_steps=1, grad_accum=2, loggers=None,
                           optimizer_kwargs={"step_in_backward": True})
+
+
+def test_compiled_model_uses_the_hook_path():
+    """Under torch.compile the fused layers trace as plain F.linear; the hooks then update the weights."""
+    ours_m, ref_m = pair()
+    ours = fasttrain.optim.AdamW(ours_m.parameters(), lr=1e-2, step_in_backward=True)
+    ours.fuse_linear_backward(ours_m)
+    compiled = torch.compile(ours_m, backend="eager")
+    train(compiled, ours, 3)
+    train(ref_m, torch.optim.AdamW(ref_m.parameters(), lr=1e-2, foreach=False), 3)
+    close(ours_m, ref_m)
