@@ -17,7 +17,9 @@ Pipeline. Two implementations, same batches bit for bit:
   `num_threads` worker threads each take the next batch number, compute its indices and run the
   fused C++ pass on it (GIL released), then any numba `batch_transform`s, and wrap the result as
   the batch the user gets; batches are yielded in order.
-Either way `prefetch` + num_threads batches wait ready ahead, so a model step slower than loading
+- inline (num_threads=0, and by default for batches of at most 64 KiB): next() fills the batch itself
+  on the calling thread, with the same fused pass; waking a thread costs more than such a batch.
+With threads, `prefetch` + num_threads batches wait ready ahead, so a model step slower than loading
 never waits: `next()` only hands over a finished batch. Plain Python callables (and the copy to a
 device) run on the consumer thread.
 
@@ -217,6 +219,39 @@ class _Iter:
         self.stop.set()
 
 
+class _InlineIter:
+    """num_threads=0 (and the default for small batches, see _BaseLoader._inline): each batch is filled
+    in next() on the calling thread by the same fused pass, so no thread is ever woken. For a batch of a
+    few KB the fill takes microseconds, less than one thread hand-off, and on a box whose cores torch's
+    OpenMP workers keep busy a woken producer preempts one of them (measured on the digits Trainer: the
+    threaded loader made the step up to 15% slower than a DataLoader when the box was loaded)."""
+
+    def __init__(self, loader: _BaseLoader, epoch: int, start: int):
+        self.loader, self.epoch, self.next_b, self.end = loader, epoch, start, len(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = self.next_b
+        if b >= self.end:
+            raise StopIteration
+        loader = self.loader
+        item = loader._produce(self.epoch, b)
+        self.next_b = b + 1
+        loader._epoch, loader._batch = (self.epoch + 1, 0) if b + 1 >= self.end else (self.epoch, b + 1)
+        if type(item) is _Done:
+            return item.value
+        return loader._finish(item)
+
+    def close(self) -> None:
+        self.next_b = self.end
+
+
+# Batches whose output is at most this many bytes are filled inline when num_threads is None.
+_INLINE_MAX_BYTES = 64 << 10
+
+
 class _BaseLoader:
     # False forces the Python worker-thread pipeline (benchmarks and tests compare the two).
     _native = True
@@ -227,8 +262,10 @@ class _BaseLoader:
             raise ValueError(f"{name}: batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"{name}: prefetch must be an integer >= 1, got {prefetch!r}")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise ValueError(f"{name}: num_threads must be None or an integer >= 1, got {num_threads!r}")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 0):
+            raise ValueError(f"{name}: num_threads must be None or an integer >= 0 (0: fill batches in next() on "
+                             f"the calling thread), got {num_threads!r}")
         self.seed = _ops.check_seed(name, "seed", seed)
         if rank is None or world_size is None:
             dist = torch.distributed
@@ -296,10 +333,13 @@ class _BaseLoader:
         self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
 
     # -- iteration ----------------------------------------------------------------------------
-    def __iter__(self) -> _Iter | NativeIter:
+    def __iter__(self) -> _Iter | NativeIter | _InlineIter:
         self.close()
         if self._batch >= len(self) > 0:
             self._epoch, self._batch = self._epoch + 1, 0
+        if self._inline():
+            self._running = None
+            return _InlineIter(self, self._epoch, self._batch)
         spec = self._native_spec(self._epoch) if self._native else None
         if spec is not None:
             it = NativeIter(self, self._epoch, self._batch, spec, self._make_buffers, self._finish_native, self._native_wrap())
@@ -333,6 +373,16 @@ class _BaseLoader:
                 sh.cond.notify_all()
             for t in threads:
                 t.join()
+
+    def _inline(self) -> bool:
+        if self.num_threads == 0:
+            return True
+        nbytes = self._batch_nbytes()
+        return self.num_threads is None and nbytes is not None and nbytes <= _INLINE_MAX_BYTES
+
+    def _batch_nbytes(self) -> int | None:
+        """Bytes of one batch's output, or None when unknown (a torch Dataset)."""
+        return None
 
     def _threads(self) -> int:
         return self.num_threads or _default_threads()
@@ -389,9 +439,11 @@ class Loader(_BaseLoader):
     transforms: {field name or tuple position: op or list of ops}: fused ops first (Normalize,
         RandomCrop, RandomHorizontalFlip, Widen), then @batch_transform functions, then Python
         callables. For a Dataset: one callable on each collated batch (consumer thread).
-    num_threads: threads each filling whole batches (default fasttrain._ext.num_threads()): C++ threads
-        that never take the GIL for arrays and record files; Python threads (the fused pass still
-        native, GIL released) for a torch Dataset or fields with a numba batch_transform.
+    num_threads: threads each filling whole batches (default: fasttrain._ext.num_threads(), except that
+        batches of at most 64 KiB are filled in next() itself): C++ threads that never take the GIL for
+        arrays and record files; Python threads (the fused pass still native, GIL released) for a torch
+        Dataset or fields with a numba batch_transform. 0: no threads, every batch is filled in next()
+        on the calling thread (same batches; nothing is prefetched).
     prefetch: finished batches kept ready ahead of the consumer (each worker also fills one more).
     pin_memory: default True when device is CUDA. device: where batches go.
     rank, world_size: default from torch.distributed when initialised, else 0 and 1.
@@ -518,6 +570,12 @@ class Loader(_BaseLoader):
     def _make_buffers(self) -> list[torch.Tensor]:
         return [self._empty((self.batch_size, *shape), dtype) for shape, dtype in self._shapes]
 
+    def _batch_nbytes(self) -> int | None:
+        if self._dataset is not None:
+            return None
+        return sum(self.batch_size * int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+                   for shape, dtype in self._shapes)
+
     def _native_wrap(self):
         if not self._worker_finishes:
             return None
@@ -585,6 +643,9 @@ class TokenLoader(_BaseLoader):
 
     def _make_buffers(self) -> list[torch.Tensor]:
         return [self._empty((self.batch_size, self.block_size), torch.int64) for _ in range(2)]
+
+    def _batch_nbytes(self) -> int | None:
+        return 16 * self.batch_size * self.block_size  # x and y, int64
 
     def _native_wrap(self):
         return list if self.device is None or self.device.type == "cpu" else None

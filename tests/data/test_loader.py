@@ -284,7 +284,7 @@ def test_token_loader_errors():
 def test_abandoned_iterator_stops_its_thread():
     import gc
 
-    loader = Loader(dataset(1000), 10, seed=0, prefetch=1)
+    loader = Loader(dataset(1000), 10, seed=0, prefetch=1, num_threads=1)  # small batches default to inline
     it = iter(loader)
     next(it)
     threads = it.threads
@@ -324,3 +324,33 @@ def test_without_storage_use_count_buffers_are_never_reused(monkeypatch):
     again = list(Loader((x,), batch_size=4, shuffle=True, seed=3))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(held, again))
     assert sorted(torch.cat([b[0] for b in held])[:, 0].tolist()) == x[:, 0].tolist()
+
+
+def test_small_batches_fill_inline_with_the_same_batches():
+    """Batches of at most 64 KiB are filled in next() by default (no thread to wake); num_threads=0
+    forces it. Same batches as the threaded pipelines, and resume works the same."""
+    from fasttrain.data.loader import _InlineIter
+
+    data = dataset(300)
+    tf = {"image": Normalize(MEAN, STD), "label": Widen()}
+    default = Loader(data, 10, seed=4, transforms=tf)
+    assert isinstance(iter(default), _InlineIter)
+    threaded = Loader(data, 10, seed=4, transforms=tf, num_threads=2)
+    assert not isinstance(iter(threaded), _InlineIter)
+    big = Loader(dataset(300, hw=32), 64, seed=4)  # 64 x 3 KiB images: threads
+    assert not isinstance(iter(big), _InlineIter)
+    ref = [{k: v.clone() for k, v in b.items()} for b in Loader(data, 10, seed=4, transforms=tf, num_threads=2)]
+    got = [{k: v.clone() for k, v in b.items()} for b in Loader(data, 10, seed=4, transforms=tf, num_threads=0)]
+    assert len(got) == len(ref) == 30
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(got, ref) for k in a)
+    # resume mid-epoch from an inline loader into a threaded one
+    inline = Loader(data, 10, seed=4, transforms=tf, num_threads=0)
+    it = iter(inline)
+    for _ in range(7):
+        next(it)
+    resumed = Loader(data, 10, seed=4, transforms=tf, num_threads=2)
+    resumed.load_state_dict(inline.state_dict())
+    rest = [b["label"].clone() for b in resumed]
+    assert all(torch.equal(a, b["label"]) for a, b in zip(rest, ref[7:])) and len(rest) == 23
+    with pytest.raises(ValueError, match="integer >= 0"):
+        Loader(data, 10, num_threads=-1)

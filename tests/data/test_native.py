@@ -75,11 +75,11 @@ def test_which_sources_are_native(tmp_path):
 
     data = dataset(20)
     ds = torch.utils.data.TensorDataset(torch.from_numpy(data["image"]))
-    assert isinstance(iter(Loader(data, 4)), NativeIter)
-    assert isinstance(iter(Loader(fd.write_records(tmp_path / "d.ftrec", data), 4)), NativeIter)
-    assert isinstance(iter(Loader(data, 4, transforms={"label": [Widen(), lambda t: t + 1]})), NativeIter)
-    assert not isinstance(iter(Loader(ds, 4)), NativeIter)
-    assert not isinstance(iter(Loader(data, 4, transforms={"image": [Normalize(MEAN, STD), negate]})), NativeIter)
+    assert isinstance(iter(Loader(data, 4, num_threads=1)), NativeIter)
+    assert isinstance(iter(Loader(fd.write_records(tmp_path / "d.ftrec", data), 4, num_threads=1)), NativeIter)
+    assert isinstance(iter(Loader(data, 4, num_threads=1, transforms={"label": [Widen(), lambda t: t + 1]})), NativeIter)
+    assert not isinstance(iter(Loader(ds, 4, num_threads=1)), NativeIter)
+    assert not isinstance(iter(Loader(data, 4, num_threads=1, transforms={"image": [Normalize(MEAN, STD), negate]})), NativeIter)
 
 
 def test_batch_held_only_by_autograd_is_not_overwritten():
@@ -165,7 +165,7 @@ def blocked(loader, at=2):
 
 
 def test_close_from_another_thread_wakes_a_blocked_consumer():
-    loader = Loader(dataset(100), 10, seed=0)
+    loader = Loader(dataset(100), 10, seed=0, num_threads=2)  # threads: small batches default to inline
     it = blocked(loader)
 
     def closer():
@@ -181,7 +181,7 @@ def test_close_from_another_thread_wakes_a_blocked_consumer():
 
 
 def test_keyboard_interrupt_while_waiting_then_clean_shutdown():
-    loader = Loader(dataset(100), 10, seed=0)
+    loader = Loader(dataset(100), 10, seed=0, num_threads=2)  # threads: small batches default to inline
     it = blocked(loader)
     t = threading.Thread(target=lambda: it.run.producer.wait_consumer(BOUND_MS) and _thread.interrupt_main())
     t.start()
@@ -194,7 +194,7 @@ def test_keyboard_interrupt_while_waiting_then_clean_shutdown():
 
 
 def test_deleting_an_iterator_with_a_blocked_producer():
-    loader = Loader(dataset(100), 10, seed=0)
+    loader = Loader(dataset(100), 10, seed=0, num_threads=2)  # threads: small batches default to inline
     it = blocked(loader)
     threads = it.threads
     del it
@@ -207,7 +207,7 @@ def test_deleting_an_iterator_with_a_blocked_producer():
 
 
 def test_new_iter_stops_the_previous_pass():
-    loader = Loader(dataset(100), 10, seed=0)
+    loader = Loader(dataset(100), 10, seed=0, num_threads=2)  # threads: small batches default to inline
     old = blocked(loader)
     loader._fault = None
     first = next(iter(loader))  # iter() closes the blocked pass first

@@ -158,5 +158,7 @@ def test_slow_checkpoint_writes_never_block_training(tmp_path, monkeypatch):
     assert written == []
     gate.set()
     t.wait_for_checkpoint()
-    assert written[0] == "step-3.ckpt" and written[-1] == f"step-{t.global_step}.ckpt" and len(written) == 2
+    # One write that started (whichever checkpoint was queued when the writer thread got the GIL) and
+    # the newest; every other one was replaced while queued.
+    assert written[-1] == f"step-{t.global_step}.ckpt" and 1 <= len(written) <= 2
     assert not list(tmp_path.glob(".*.tmp"))  # the replaced checkpoints' temp files were removed
