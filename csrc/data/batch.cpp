@@ -168,10 +168,22 @@ FillScratch::FillScratch(const FillContext& ctx) : row(ctx.plans.size()), frow(c
     }
 }
 
+constexpr int64_t kPrefetchAhead = 2;
+
 void fill_rows(const FillContext& ctx, const uintptr_t* outs, const int64_t* idx, int64_t begin, int64_t end,
                uint64_t seed, uint64_t epoch, FillScratch& scratch) {
   const std::vector<FieldPlan>& plans = ctx.plans;
   for (int64_t i = begin; i < end; ++i) {
+    // Random rows of a large source: each one starts with a TLB miss and a DRAM round trip (the
+    // page-table entries of a 600 MB array do not stay cached while the model runs), which the
+    // hardware prefetcher cannot foresee. Touch the row kPrefetchAhead samples on now, so its page
+    // walk and first lines overlap this sample's work.
+    if (i + kPrefetchAhead < end) {
+      for (const FieldPlan& p : plans) {
+        const char* nxt = reinterpret_cast<const char*>(p.base) + idx[i + kPrefetchAhead] * p.row_stride;
+        for (int64_t o = 0; o < p.row_bytes; o += 64) __builtin_prefetch(nxt + o, 0, 0);
+      }
+    }
     for (size_t f = 0; f < plans.size(); ++f) {
       const FieldPlan& p = plans[f];
       const uint8_t* src = reinterpret_cast<const uint8_t*>(p.base) + idx[i] * p.row_stride;
