@@ -232,7 +232,28 @@ def _step_files(directory: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+_TMP_RE = re.compile(r"^\.step-\d+\.ckpt\.(\d+)\.\d+\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def prune_checkpoints(directory: str | os.PathLike, keep: int) -> None:
-    """Deletes all but the newest `keep` step-N.ckpt files (no waiting: runs on the writer thread too)."""
+    """Deletes all but the newest `keep` step-N.ckpt files (no waiting: runs on the writer thread too),
+    and the temp files of checkpoint writes whose process died before renaming them (a kill between
+    stage_checkpoint and commit_checkpoint leaves one behind)."""
     for old in _step_files(directory)[:-keep]:
         old.unlink(missing_ok=True)
+    d = Path(directory)
+    if d.is_dir():
+        for p in d.iterdir():
+            m = _TMP_RE.match(p.name)
+            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                p.unlink(missing_ok=True)

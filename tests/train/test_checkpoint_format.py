@@ -126,3 +126,22 @@ def test_durable_write_errors_name_the_file_and_leave_no_temp(tmp_path):
     with pytest.raises(OSError, match="d"):
         atomic_write_bytes(tmp_path / "d", b"x")  # rename over a directory fails
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "d"]
+
+
+def test_prune_removes_temp_files_of_dead_processes_only(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from fasttrain.train.checkpoint import prune_checkpoints
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(dead.stdout)  # exited: its pid is free (reuse within this test is not a concern)
+    stale = tmp_path / f".step-7.ckpt.{dead_pid}.0.tmp"
+    ours = tmp_path / f".step-8.ckpt.{os.getpid()}.3.tmp"  # a write of this process, still in flight
+    other = tmp_path / ".notes.txt.123.tmp"  # not a checkpoint temp file
+    for p in (stale, ours, other):
+        p.write_bytes(b"x")
+    prune_checkpoints(tmp_path, keep=3)
+    assert not stale.exists() and ours.exists() and other.exists()

@@ -125,6 +125,7 @@ def test_exact_resume_after_sigkill(tmp_path, grad_accum, kill_at):
     assert r.returncode == 0, r.stderr
     a, b = torch.load(full), torch.load(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "killed").glob(".*.tmp"))  # the killed run's unfinished writes were cleaned up
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "torch-sgd"])
