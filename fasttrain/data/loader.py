@@ -573,8 +573,7 @@ class Loader(_BaseLoader):
     def _batch_nbytes(self) -> int | None:
         if self._dataset is not None:
             return None
-        return sum(self.batch_size * int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
-                   for shape, dtype in self._shapes)
+        return sum(self.batch_size * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in self._shapes)
 
     def _native_wrap(self):
         if not self._worker_finishes:

@@ -190,10 +190,14 @@ def adamw_step_(
         raise ValueError(f"{_OP}: stochastic_rounding applies to bf16 params without master weights; "
                          f"got {param.dtype} param{' with master' if master is not None else ''}")
     mx = max_exp_avg_sq if amsgrad else None
+    _call_adamw(param, grad, exp_avg, exp_avg_sq, mx, master, lr, beta1, beta2, eps, weight_decay, step,
+                bool(maximize), bool(amsgrad), float(grad_scale), bool(stochastic_rounding), int(seed))
+
+
+def _call_adamw(param, grad, exp_avg, exp_avg_sq, mx, master, *args) -> None:
+    """The checked call of fasttrain::adamw_ (eagerly without the torch.library round trip when possible)."""
     _eager.call(_adamw_op, _adamw_cpu, (param, exp_avg, exp_avg_sq, mx, master),
-                param, grad, exp_avg, exp_avg_sq, mx, master,
-                lr, beta1, beta2, eps, weight_decay, step, bool(maximize), bool(amsgrad), float(grad_scale),
-                bool(stochastic_rounding), int(seed))
+                param, grad, exp_avg, exp_avg_sq, mx, master, *args)
 
 
 def adamw_flat_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
@@ -206,8 +210,7 @@ def adamw_flat_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, 
     fasttrain.optim; call `adamw_step_` with your own tensors."""
     _check_hparams(_OP, lr, beta1, beta2, eps, weight_decay, step)
     mx = max_exp_avg_sq if amsgrad else None
-    _eager.call(_adamw_op, _adamw_cpu, (param, exp_avg, exp_avg_sq, mx, master),
-                param, grad, exp_avg, exp_avg_sq, mx, master, lr, beta1, beta2, eps, weight_decay, step,
+    _call_adamw(param, grad, exp_avg, exp_avg_sq, mx, master, lr, beta1, beta2, eps, weight_decay, step,
                 maximize, amsgrad, grad_scale, stochastic_rounding, seed)
 
 

@@ -113,13 +113,13 @@ class FusedLinearHandle:
 
     def remove(self) -> None:
         opt = self._opt()
+        if opt is not None:
+            opt._flush_linear()  # updates still waiting for a backward use the fused path one last time
+            removed = {id(m) for _, m, _ in self._fused}
+            opt._fused_layers = [s for s in opt._fused_layers if id(s[0]) not in removed]
         for _, m, cls in self._fused:
-            if opt is not None:
-                opt._flush_linear()
             m.__class__ = cls
             m.__dict__.pop("_ft_state", None)
-            if opt is not None:
-                opt._fused_layers = [s for s in opt._fused_layers if s[0] is not m]
         self._fused = []
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasttrain.ops.fused_linear import MAX_ROWS, adamw_linear_step_
 from fasttrain.ops.grad_norm import total_norm_host
 from fasttrain.ops.optim import adamw_flat_, adamw_step_
 from fasttrain.optim import _int8
@@ -193,7 +194,7 @@ class AdamW(_FlatOptimizer):
                 "possible when the update runs inside backward; call opt.step() after every backward, or use "
                 "step_in_backward=False to accumulate"
             )
-        fg, group = self._flat[gi], self.param_groups[gi]
+        fg = self._flat[gi]
         if p.data_ptr() != fg.pptrs[i]:  # a swapped param: adopt its values (see _flat.py)
             if p.shape != fg.param_views[i].shape or p.dtype != fg.dtype:
                 raise ValueError(f"AdamW: parameter {i} was replaced by a {p.dtype} tensor of shape {tuple(p.shape)}; "
@@ -209,8 +210,6 @@ class AdamW(_FlatOptimizer):
     def _step_linear(self, p: torch.Tensor, x: torch.Tensor, dy: torch.Tensor) -> None:
         """A fused Linear's backward (fuse_linear_backward): updates weight p from x (rows, in) and
         dy (rows, out) without a stored gradient; beyond MAX_ROWS rows (several calls) via a matmul."""
-        from fasttrain.ops.fused_linear import MAX_ROWS, adamw_linear_step_
-
         if x.shape[0] > MAX_ROWS:
             p.grad = dy.t() @ x
             return self._step_one(p)
