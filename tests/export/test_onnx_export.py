@@ -77,6 +77,35 @@ def test_digits_int8_artifact_agrees_with_fp32(digits, tmp_path, mode):
     assert saved["top1_agreement"] == report.top1_agreement and saved["exporter"] == report.exporter
 
 
+def test_dynamic_artifact_has_scalar_weight_zero_points(digits, tmp_path):
+    """Per-channel int8 weight scales are kept; the all-zero per-channel weight zero points become one
+    scalar 0 (ORT's fused kernel is slower with a per-column zero point), with identical outputs."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model, x_train, x_test, _ = digits
+    report = export_onnx(model, x_train[:8], tmp_path / "d.onnx", quantize="dynamic", latency_rounds=0, verbose=False)
+    graph = onnx.load(str(report.quantized_path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    mm = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(mm) == 3
+    for n in mm:
+        assert inits[n.input[3]].shape == () and inits[n.input[3]] == 0
+        scale = [v for k, v in inits.items() if k.startswith(n.input[1].removesuffix("_quantized")) and k.endswith("_scale")]
+        assert [s.shape for s in scale] == [(inits[n.input[1]].shape[1],)]  # one scale per output channel
+    assert not any(k.endswith("zero_point") and v.ndim == 1 and not v.any() for k, v in inits.items())
+    # Same outputs as ORT's own per-channel quantize_dynamic of the same fp32 export.
+    plain = tmp_path / "plain.onnx"
+    quantize_dynamic(str(report.fp32_path), str(plain), weight_type=QuantType.QInt8, per_channel=True)
+    outs = []
+    for path in (report.quantized_path, plain):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x_test.numpy()})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 def test_exporter_choice_is_recorded(digits, tmp_path):
     model, x_train, *_ = digits
     auto = export_onnx(model, x_train[:4], tmp_path / "a.onnx", latency_rounds=0, verbose=False)
