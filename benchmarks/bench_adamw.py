@@ -17,11 +17,12 @@ import torch
 
 import fasttrain.optim
 from fasttrain.bench import gpt_param_shapes, interleaved, make_grads
-from fasttrain.ops import adamw_int8_step_, adamw_linear_step_, adamw_step_
+from fasttrain.ops import adamw_int8_step_, adamw_linear_step_, adamw_multi_step_, adamw_step_
 from fasttrain.ops.optim import touch_4r3w_
 from fasttrain.ops.reference import (
     adamw_int8_reference,
     adamw_linear_reference,
+    adamw_multi_reference,
     adamw_reference,
     quantize_int8_states_reference,
 )
@@ -391,3 +392,66 @@ def test_adamw_step_in_backward_mlp(benchmark, smoke):
           f"speedup {th / ib:.3f}x (hooks only {th / hk:.3f}x, flat {th / fl:.3f}x); "
           f"peak RSS {peak_ours:.0f} MiB vs torch {peak_torch:.0f} MiB")
     benchmark.pedantic(step, args=(ours_m, ours), rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+def _guard_multi():
+    g = torch.Generator().manual_seed(0)
+    cols = [[torch.randn(n, generator=g) * s for n in (7, 70001)] for s in (1.0, 1e-2, 1e-2)]
+    cols.append([torch.rand(n, generator=g) * 1e-4 for n in (7, 70001)])
+    ours, ref = [[t.clone() for t in c] for c in cols], [[t.clone() for t in c] for c in cols]
+    adamw_multi_step_(*ours, lr=1e-3, step=3)
+    adamw_multi_reference(*ref, lr=1e-3, step=3)
+    for a, b in zip(ours, ref):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("size", ["digits", "wide"])
+def test_adamw_training_step_set_to_none(benchmark, smoke, size):
+    """Whole training steps (forward, backward, step, zero_grad()) with the optimizer's default
+    zero_grad(set_to_none=True). fasttrain.optim.AdamW then reads autograd's own gradients in place
+    (fasttrain.ops.adamw_multi_step_, one call for all tensors), so backward hands over fresh gradients
+    as it does for torch; anchors in the same rounds: torch AdamW(fused=True), and fasttrain with
+    zero_grad(set_to_none=False) (gradients accumulated into the kept flat buffer, zeroed in place).
+    digits: 64 -> 256 -> 256 -> 10 at batch 32 (overhead-bound, the Trainer benchmark's model);
+    wide: 1024 -> 4096 -> 4096 -> 1024 (25M params) at batch 8 (memory-bound: the step and the gradient
+    passes dominate)."""
+    _guard_multi()
+    widths, batch = {"digits": ([64, 256, 256, 10], 32), "wide": ([1024, 4096, 4096, 1024], 8)}[size]
+    if smoke:
+        widths = [w // 8 or 1 for w in widths]
+    rounds = 1 if smoke else (41 if size == "digits" else 15)
+    reps = 20 if size == "digits" and not smoke else 1  # steps per timed call
+
+    def make():
+        torch.manual_seed(0)
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers[:-1])
+
+    x, y = torch.randn(batch, widths[0]), torch.randn(batch, widths[-1])
+    models = {k: make() for k in ("fasttrain", "fasttrain_keep", "torch_fused")}
+    opts = {"fasttrain": fasttrain.optim.AdamW(models["fasttrain"].parameters(), lr=1e-4),
+            "fasttrain_keep": fasttrain.optim.AdamW(models["fasttrain_keep"].parameters(), lr=1e-4),
+            "torch_fused": torch.optim.AdamW(models["torch_fused"].parameters(), lr=1e-4, fused=True)}
+
+    def steps(k):
+        m, o = models[k], opts[k]
+        for _ in range(reps):
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+            o.zero_grad(set_to_none=k != "fasttrain_keep")
+
+    t = interleaved({k: (lambda k=k: steps(k)) for k in models}, rounds=rounds, warmup=0 if smoke else 2)
+    ms = {k: v.median / reps * 1e3 for k, v in t.items()}
+    n = sum(p.numel() for p in models["fasttrain"].parameters())
+    result = {"params": n, "batch": batch, **{f"{k}_ms": v for k, v in ms.items()},
+              "speedup_vs_torch_fused": ms["torch_fused"] / ms["fasttrain"],
+              "speedup_vs_keep": ms["fasttrain_keep"] / ms["fasttrain"]}
+    benchmark.extra_info.update(result)
+    print(f"\nAdamW training step ({size}: {n / 1e6:.2f}M params, batch {batch}): fasttrain {ms['fasttrain']:.3f} ms, "
+          f"torch fused {ms['torch_fused']:.3f} ms, fasttrain with zero_grad(set_to_none=False) "
+          f"{ms['fasttrain_keep']:.3f} ms; speedup {result['speedup_vs_torch_fused']:.3f}x vs torch fused, "
+          f"{result['speedup_vs_keep']:.3f}x vs the kept flat grads (medians of {rounds} interleaved rounds)")
+    benchmark.pedantic(steps, args=("fasttrain",), rounds=rounds, iterations=1, warmup_rounds=0)

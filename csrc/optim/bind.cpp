@@ -2,9 +2,11 @@
 // counts and scalars that fasttrain/ops/optim.py has validated; the checks here only guard the
 // private module against null pointers and bad hyperparameter packs.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cmath>
 #include <stdexcept>
+#include <vector>
 
 #include "../bindings.h"
 #include "optim.h"
@@ -63,6 +65,36 @@ void bind_optim(py::module_ m) {
       py::arg("numel"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
       py::arg("step"), py::arg("maximize"), py::arg("amsgrad"), py::arg("grad_mul"), py::arg("threads"),
       "One fused AdamW step over flat fp32 buffers (torch.optim.AdamW semantics), in place.");
+
+  m.def(
+      "adamw_f32_multi_",
+      [](const std::vector<uintptr_t>& p, const std::vector<uintptr_t>& g, const std::vector<uintptr_t>& exp_avg,
+         const std::vector<uintptr_t>& exp_avg_sq, const std::vector<uintptr_t>& max_exp_avg_sq,
+         const std::vector<int64_t>& n, double lr, double beta1, double beta2, double eps, double weight_decay,
+         double step, bool maximize, bool amsgrad, double grad_mul, int threads) {
+        const size_t nt = n.size();
+        if (p.size() != nt || g.size() != nt || exp_avg.size() != nt || exp_avg_sq.size() != nt ||
+            (amsgrad && max_exp_avg_sq.size() != nt))
+          throw std::invalid_argument("adamw_f32_multi_: the pointer lists and numels differ in length");
+        const optim::AdamWArgs a = make_args(lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_mul);
+        std::vector<float*> pp(nt), mp(nt), vp(nt), xp(amsgrad ? nt : 0);
+        std::vector<const float*> gp(nt);
+        for (size_t t = 0; t < nt; ++t) {
+          if (n[t] < 0) throw std::invalid_argument("negative numel");
+          pp[t] = ptr<float>(p[t], n[t], "param");
+          gp[t] = ptr<const float>(g[t], n[t], "grad");
+          mp[t] = ptr<float>(exp_avg[t], n[t], "exp_avg");
+          vp[t] = ptr<float>(exp_avg_sq[t], n[t], "exp_avg_sq");
+          if (amsgrad) xp[t] = ptr<float>(max_exp_avg_sq[t], n[t], "max_exp_avg_sq");
+        }
+        py::gil_scoped_release nogil;
+        optim::adamw_f32_multi(pp.data(), gp.data(), mp.data(), vp.data(), amsgrad ? xp.data() : nullptr, n.data(),
+                               int64_t(nt), a, threads);
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"),
+      py::arg("numels"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+      py::arg("step"), py::arg("maximize"), py::arg("amsgrad"), py::arg("grad_mul"), py::arg("threads"),
+      "One fused AdamW step over lists of fp32 tensors (addresses + numels), one schedule for all.");
 
   m.def(
       "adamw_linear_f32_",

@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../dispatch.h"
 
@@ -48,6 +49,27 @@ void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64
   for_chunks(n, threads, [&](int64_t off, int64_t len) {
     k.adamw_f32(p + off, g + off, m + off, v + off, max_v ? max_v + off : nullptr, len, a);
   });
+}
+
+void adamw_f32_multi(float* const* p, const float* const* g, float* const* m, float* const* v, float* const* max_v,
+                     const int64_t* n, int64_t nt, const AdamWArgs& a, int threads) {
+  struct Piece {
+    int64_t t, off, len;
+  };
+  std::vector<Piece> pieces;
+  int64_t total = 0;
+  for (int64_t t = 0; t < nt; ++t) {
+    for (int64_t off = 0; off < n[t]; off += kChunk) pieces.push_back({t, off, std::min(kChunk, n[t] - off)});
+    total += n[t];
+  }
+  const OptimKernels& k = kernels();
+  const int64_t np = int64_t(pieces.size());
+#pragma omp parallel for num_threads(threads_for(total, threads)) schedule(static)
+  for (int64_t i = 0; i < np; ++i) {
+    const Piece& c = pieces[size_t(i)];
+    k.adamw_f32(p[c.t] + c.off, g[c.t] + c.off, m[c.t] + c.off, v[c.t] + c.off, max_v ? max_v[c.t] + c.off : nullptr,
+                c.len, a);
+  }
 }
 
 void adamw_mixed(const MixedBufs& b, int64_t n, const AdamWArgs& a, int threads) {

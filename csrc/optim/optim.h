@@ -104,6 +104,12 @@ void adamw_int8(const Int8Bufs& b, int64_t n, const AdamWArgs& a, int threads);
 void sgd_f32(float* p, const float* g, float* buf, int64_t n, const SgdArgs& a, int threads);
 void lion_f32(float* p, const float* g, float* m, int64_t n, const LionArgs& a, int threads);
 void touch4r3w(float* p, const float* g, float* m, float* v, int64_t n, float c, int threads);
+// AdamW over a list of nt separate fp32 tensors (multi-tensor apply): tensor t has n[t] elements at
+// p[t], g[t], m[t], v[t] (max_v[t] with amsgrad, else max_v may be null). Every tensor is cut into
+// kChunk pieces and the pieces of all tensors share one static schedule, so a model's many small
+// tensors and its few large ones balance over the threads alike.
+void adamw_f32_multi(float* const* p, const float* const* g, float* const* m, float* const* v, float* const* max_v,
+                     const int64_t* n, int64_t nt, const AdamWArgs& a, int threads);
 // AdamW on a Linear weight p (N, K) fp32 whose gradient dy^T x is computed chunk by chunk inside the
 // pass (never stored); m, v (, max_v) fp32 like p. x: (B, K), dy: (B, N).
 void adamw_linear_f32(float* p, float* m, float* v, float* max_v, const float* x, const float* dy, int64_t B,

@@ -214,6 +214,138 @@ def adamw_flat_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, 
                 maximize, amsgrad, grad_scale, stochastic_rounding, seed)
 
 
+# ---------------------------------------------------------------------------------------------
+# AdamW over lists of fp32 tensors (multi-tensor apply, the shape of torch's _fused_adamw_): what
+# fasttrain.optim.AdamW runs when the gradients are autograd's own tensors rather than views of its
+# flat buffer (after zero_grad(set_to_none=True)), so backward never accumulates into a kept buffer
+# and zero_grad never clears one.
+
+__all__ += ["adamw_multi_step_"]
+
+_MULTI = "fasttrain.ops.adamw_multi_step_"
+
+
+def _adamw_multi_cpu(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: float,
+    maximize: bool,
+    amsgrad: bool,
+    grad_scale: float,
+) -> None:
+    _C.optim.adamw_f32_multi_(
+        [t.data_ptr() for t in params], [t.data_ptr() for t in grads], [t.data_ptr() for t in exp_avgs],
+        [t.data_ptr() for t in exp_avg_sqs], [t.data_ptr() for t in max_exp_avg_sqs] if amsgrad else [],
+        [t.numel() for t in params], lr, beta1, beta2, eps, weight_decay, step, maximize, amsgrad, grad_scale,
+        num_threads(),
+    )
+
+
+_adamw_multi_op = torch.library.custom_op(
+    "fasttrain::adamw_multi_", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
+    device_types="cpu",
+)(_adamw_multi_cpu)
+
+
+@_adamw_multi_op.register_fake
+def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step, maximize,
+      amsgrad, grad_scale):
+    return None
+
+
+@torch.no_grad()
+def adamw_multi_step_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor] | None = None,
+    *,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    step: float,
+    maximize: bool = False,
+    amsgrad: bool = False,
+    grad_scale: float = 1.0,
+) -> None:
+    """`adamw_step_` over lists of tensors in one call, all at the same `step` (fp32 only).
+
+    params[i], grads[i], exp_avgs[i], exp_avg_sqs[i] (, max_exp_avg_sqs[i] iff amsgrad): fp32, CPU,
+    contiguous, the same numel within each i (any shapes); params and states are updated in place.
+    Tensor i may differ in size from tensor j: every tensor is cut into 64K-element pieces and all the
+    pieces share one thread schedule. Same arithmetic, element for element, as `adamw_step_`.
+    """
+    lr, beta1, beta2, eps, weight_decay, step = (float(x) for x in (lr, beta1, beta2, eps, weight_decay, step))
+    _check_hparams(_MULTI, lr, beta1, beta2, eps, weight_decay, step)
+    lists = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
+    if amsgrad:
+        if max_exp_avg_sqs is None:
+            raise ValueError(f"{_MULTI}: amsgrad=True needs `max_exp_avg_sqs` (zero-initialised like exp_avg_sqs)")
+        lists["max_exp_avg_sqs"] = max_exp_avg_sqs
+    for k, v in lists.items():
+        if not isinstance(v, (list, tuple)):
+            raise TypeError(f"{_MULTI}: `{k}` must be a list of tensors, got {type(v).__name__}")
+        if len(v) != len(params):
+            raise ValueError(f"{_MULTI}: `{k}` has {len(v)} tensors but `params` has {len(params)}")
+    for i in range(len(params)):
+        named = {"param": params[i], "grad": grads[i], "exp_avg": exp_avgs[i], "exp_avg_sq": exp_avg_sqs[i],
+                 "max_exp_avg_sq": max_exp_avg_sqs[i] if amsgrad else None}
+        try:
+            _check_buffers(_MULTI, named, dict.fromkeys(named, _F32))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{e} (tensor {i} of the lists)") from None
+        if params[i].device.type != "cpu":
+            raise ValueError(f"{_MULTI}: tensor {i} is on {params[i].device}; CPU tensors only "
+                             "(on CUDA, torch.optim.AdamW(fused=True) or fasttrain.optim.AdamW)")
+    written = [t for k in ("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs") for t in lists.get(k, ())]
+    spans = sorted((t.data_ptr(), t.data_ptr() + 4 * t.numel()) for t in written if t.numel())
+    if any(s1 < e0 for (_, e0), (s1, _) in zip(spans, spans[1:])):
+        raise ValueError(f"{_MULTI}: two of the tensors updated in place share memory; each must be separate")
+    _call_adamw_multi(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+                      list(max_exp_avg_sqs) if amsgrad else [], (), lr, beta1, beta2, eps, weight_decay, step,
+                      bool(maximize), bool(amsgrad), float(grad_scale))
+
+
+def _call_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, bases, *args, ptrs=None) -> None:
+    """The call of fasttrain::adamw_multi_, eager when unobservable. bases: tensors whose version
+    counters stand for the lists' (views share their base's counter); () to bump each tensor's own.
+    ptrs: (params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or [], numels) the caller keeps for its own
+    fixed buffers (fasttrain.optim's flat views), so the eager call only reads the gradients' pointers."""
+    mutated = tuple(bases) if bases else (*params, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs)
+    if not params:
+        return
+    impl = _adamw_multi_cpu
+    if ptrs is not None:
+        def impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *a):
+            _C.optim.adamw_f32_multi_(ptrs[0], [g.data_ptr() for g in grads], ptrs[1], ptrs[2], ptrs[3], ptrs[4], *a,
+                                      num_threads())
+    _eager.call(_adamw_multi_op, impl, mutated, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *args)
+
+
+def _adamw_multi_samples():
+    g = torch.Generator().manual_seed(0)
+    for sizes, amsgrad, maximize in (([1], False, False), ([7, 4099, 1], True, False), ([70000, 33], False, True)):
+        mk = lambda scale, rand=False: [(torch.rand(n, generator=g) if rand else torch.randn(n, generator=g)) * scale
+                                        for n in sizes]
+        yield (mk(1.0), mk(0.1), mk(0.1), mk(0.01, True), mk(0.01, True) if amsgrad else [], 1e-3, 0.9, 0.999, 1e-8,
+               0.01, 3.0, maximize, amsgrad, 1.0), {}
+
+
+register(OpSpec(qualname="fasttrain::adamw_multi_", public=adamw_multi_step_, reference=reference.adamw_multi_reference,
+                test="tests/ops/test_optim.py", benchmark="benchmarks/bench_adamw.py", samples=_adamw_multi_samples))
+
+
 @torch.no_grad()
 def touch_4r3w_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c: float = 0.0) -> None:
     """Benchmark roofline (not an optimizer): p, m, v += c * g in one pass, i.e. the exact memory

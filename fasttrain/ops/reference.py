@@ -174,7 +174,7 @@ def gather_normalize_reference(
     return torch.stack(out).contiguous()
 # Fused optimizers (fasttrain.ops.optim, fasttrain.optim)
 
-__all__ += ["adamw_reference"]
+__all__ += ["adamw_reference", "adamw_multi_reference"]
 
 
 @torch.no_grad()
@@ -237,6 +237,16 @@ __all__ += ["adamw_linear_reference"]
 
 
 @torch.no_grad()
+
+def adamw_multi_reference(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr: float, beta1: float = 0.9,
+                          beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-2, step: float,
+                          maximize: bool = False, amsgrad: bool = False, grad_scale: float = 1.0) -> None:
+    """adamw_reference on each tensor of the lists in turn (fasttrain.ops.adamw_multi_step_'s contract)."""
+    for i in range(len(params)):
+        adamw_reference(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad else None,
+                        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
+                        maximize=maximize, amsgrad=amsgrad, grad_scale=grad_scale)
+
 def adamw_linear_reference(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, input: torch.Tensor,
                            grad_output: torch.Tensor, max_exp_avg_sq: torch.Tensor | None = None, **kw) -> None:
     """`adamw_linear_step_`: the Linear weight gradient grad_output.T @ input (rows, in) x (rows, out),

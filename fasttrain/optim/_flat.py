@@ -14,9 +14,16 @@ What users can break, and what happens (checked at every step, cheap pointer com
 - `p.grad = None` (or a group built from params that never got a grad): that parameter is skipped
   this step, as in torch, and the group runs a per-tensor path (still the fused kernel, one call per
   tensor, with per-parameter step counts) until the step counts agree again.
-- `zero_grad()` zeroes the flat gradient buffer in place and keeps the views (torch's default
-  `set_to_none=True` would detach them), so a parameter that gets no gradient from a backward pass is
-  updated with a zero gradient: torch's `zero_grad(set_to_none=False)` behaviour.
+- `zero_grad(set_to_none=False)` zeroes the flat gradient buffer in place and re-attaches the views,
+  so the next backward accumulates into it and a parameter that gets no gradient is updated with a
+  zero gradient (torch's behaviour for set_to_none=False).
+- `zero_grad()` (set_to_none=True, torch's default): where the optimizer can read gradients wherever
+  autograd put them (`_keeps_grads`: fasttrain.optim.AdamW with fp32 params and states on CPU, no
+  max_grad_norm), gradients are set to None as in torch; the next backward then hands over fresh
+  tensors instead of adding into a kept buffer, and the step reads them in place (one multi-tensor
+  kernel call): no zeroing pass, no accumulation pass. A parameter without a gradient is skipped, as
+  in torch. Elsewhere (bf16/fp16 params, int8 or bf16 states, max_grad_norm, SGD, Lion, CUDA) it
+  behaves as set_to_none=False, because those steps read the flat buffer.
 """
 
 from __future__ import annotations
@@ -104,6 +111,9 @@ class _FlatGroup:
         # The common step count of every parameter in the group, or None when they differ (then the
         # group runs per tensor, each with its own count).
         self.uniform_step: int | None = 0
+        # (pointers of the param/state buffers, their views' pointer lists + numels) for the multi-tensor
+        # AdamW call (fasttrain/optim/adamw.py), rebuilt when a state buffer is reallocated
+        self.multi_ptrs: tuple[Any, Any] = (None, None)
 
     def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
         return [buf[o : o + n].view_as(p) for p, o, n in zip(self.params, self.offsets, self.numels)]
@@ -211,6 +221,11 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         pass
 
+    def _keeps_grads(self, group: dict[str, Any], fg: _FlatGroup) -> bool:
+        """Whether this group's step can read autograd's own gradient tensors in place (so zero_grad
+        may set them to None). Subclasses that can say so override this."""
+        return False
+
     def _layout(self, group: dict[str, Any]) -> dict[str, Any]:
         """Extra _FlatGroup arguments for this group (AdamW's 8-bit states ask for int8_min_numel)."""
         return {}
@@ -237,8 +252,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     # -- the step ----------------------------------------------------------------------------
-    def _sync(self, fg: _FlatGroup) -> list[int]:
-        """Re-adopts swapped params/grads into the flat buffers; returns indices of params with no grad."""
+    def _sync(self, fg: _FlatGroup, keep_grads: bool = False) -> list[int]:
+        """Re-adopts swapped params/grads into the flat buffers; returns indices of params with no grad.
+        keep_grads: gradients that are not views of the flat buffer stay where they are when the
+        multi-tensor kernel can read them (fp32, contiguous, the param's shape, same device)."""
         name = type(self).__name__
         missing = []
         for i, p in enumerate(fg.params):
@@ -260,6 +277,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"{name}: parameter {i} has a {gr.layout} gradient; sparse gradients are not supported "
                                 "(use dense embeddings: nn.Embedding(sparse=False))")
             elif gr.data_ptr() != fg.gptrs[i] or gr.shape != fg.grad_views[i].shape:
+                if (keep_grads and gr.dtype == fg.dtype and gr.shape == p.shape and gr.device == p.device
+                        and gr.is_contiguous()):
+                    continue
                 if gr.shape != p.shape or gr.is_complex():
                     raise ValueError(f"{name}: the gradient of parameter {i} has shape {tuple(gr.shape)} ({gr.dtype}); "
                                      f"expected {tuple(p.shape)}")
@@ -283,7 +303,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         for group, fg in zip(self.param_groups, self._flat):
             if fg is None or fg.triton:  # Triton groups were stepped by the subclass (AdamW._step_triton)
                 continue
-            missing = self._sync(fg)
+            missing = self._sync(fg, self._keeps_grads(group, fg))
             if not missing and fg.uniform_step is not None:
                 step = fg.uniform_step + 1
                 self._update(group, fg, None, [float(step)])
@@ -301,11 +321,15 @@ class _FlatOptimizer(torch.optim.Optimizer):
     @torch.compiler.disable
     @torch.no_grad()
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zeroes the flat gradient buffers in place (whatever `set_to_none` says: dropping the views
-        would make the next backward allocate fresh, non-flat gradients) and re-attaches any
-        gradient that was swapped or set to None."""
-        for fg in self._flat:
+        """set_to_none=True: gradients become None where the step reads autograd's tensors in place
+        (`_keeps_grads`); everywhere else, and with set_to_none=False, the flat gradient buffers are
+        zeroed in place and every gradient is re-attached to its view (see the module docstring)."""
+        for group, fg in zip(self.param_groups, self._flat):
             if fg is None or fg.grad_buf is None:
+                continue
+            if set_to_none and self._keeps_grads(group, fg):
+                for p in fg.params:
+                    p.grad = None
                 continue
             fg.grad_buf.zero_()
             for i, p in enumerate(fg.params):

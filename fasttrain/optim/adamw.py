@@ -16,7 +16,7 @@ import torch
 
 from fasttrain.ops.fused_linear import MAX_ROWS, adamw_linear_step_
 from fasttrain.ops.grad_norm import total_norm_host
-from fasttrain.ops.optim import adamw_flat_, adamw_step_
+from fasttrain.ops.optim import _MULTI, _call_adamw_multi, _check_hparams, adamw_flat_, adamw_step_
 from fasttrain.optim import _int8
 from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer, _uses_triton
 
@@ -488,6 +488,12 @@ class AdamW(_FlatOptimizer):
         low = group["params"] and group["params"][0].dtype != torch.float32
         return names + (["master"] if group.get("master_weights") and low else [])
 
+    def _keeps_grads(self, group: dict[str, Any], fg: _FlatGroup) -> bool:
+        # fp32 params and states on CPU: the multi-tensor kernel reads any fp32 gradient in place. The
+        # global norm (max_grad_norm), masters, bf16/int8 states and Triton read the flat buffer.
+        return (fg.dtype == torch.float32 and not fg.triton and group["state_dtype"] == "fp32"
+                and not group["master_weights"] and self.max_grad_norm is None and fg.grad_buf is not None)
+
     def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
         kw = self._kwargs(group)
         if group["state_dtype"] == "int8":
@@ -501,6 +507,23 @@ class AdamW(_FlatOptimizer):
         if amsgrad:
             fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))
         gi = next(i for i, f in enumerate(self._flat) if f is fg)
+        if idx is None and self._keeps_grads(group, fg):
+            grads = [p.grad for p in fg.params]
+            if any(g.data_ptr() != q for g, q in zip(grads, fg.gptrs)):
+                # autograd's own gradients (after zero_grad()): read in place, one call for the group
+                _check_hparams(_MULTI, kw["lr"], kw["beta1"], kw["beta2"], kw["eps"], kw["weight_decay"], steps[0])
+                b, sv = fg.state_bufs, fg.state_views
+                bases = (fg.param_buf, b["exp_avg"], b["exp_avg_sq"]) + ((b["max_exp_avg_sq"],) if amsgrad else ())
+                key = tuple(t.data_ptr() for t in bases)
+                if fg.multi_ptrs[0] != key:  # the buffers' own pointers, kept between steps
+                    ptrs = [[v.data_ptr() for v in views] for views in (fg.param_views, sv["exp_avg"], sv["exp_avg_sq"],
+                                                                       sv["max_exp_avg_sq"] if amsgrad else [])]
+                    fg.multi_ptrs = (key, (*ptrs, fg.numels))
+                _call_adamw_multi(fg.param_views, grads, sv["exp_avg"], sv["exp_avg_sq"],
+                                  sv["max_exp_avg_sq"] if amsgrad else [], bases, kw["lr"], kw["beta1"], kw["beta2"],
+                                  kw["eps"], kw["weight_decay"], steps[0], kw["maximize"], amsgrad, kw["grad_scale"],
+                                  ptrs=fg.multi_ptrs[1])
+                return
         if idx is None:
             b = fg.state_bufs
             # A new noise stream per step and group (never reused: the same bits every step would bias).

@@ -1,13 +1,13 @@
-"""fasttrain.ops.adamw_step_ (fasttrain::adamw_) against fasttrain.ops.reference.adamw_reference on
-every ISA path, for odd sizes (1, 7, 4099, non-multiples of 8 and 16 lanes), amsgrad / maximize /
+"""fasttrain.ops.adamw_step_ (fasttrain::adamw_) and adamw_multi_step_ (fasttrain::adamw_multi_) against
+fasttrain.ops.reference.adamw_reference / adamw_multi_reference on every ISA path, for odd sizes (1, 7, 4099, non-multiples of 8 and 16 lanes), amsgrad / maximize /
 weight decay, and bad input."""
 
 import pytest
 import torch
 
-from fasttrain.ops import adamw_step_
+from fasttrain.ops import adamw_multi_step_, adamw_step_
 from fasttrain.ops.optim import touch_4r3w_
-from fasttrain.ops.reference import adamw_reference
+from fasttrain.ops.reference import adamw_multi_reference, adamw_reference
 
 SIZES = [1, 7, 17, 4099, 65537 * 2 + 5]  # the last spans several OpenMP chunks with a ragged end
 EPS32 = torch.finfo(torch.float32).eps
@@ -273,3 +273,55 @@ def test_eager_path_bumps_versions_and_modes_still_see_the_op():
     with Record():
         adamw_step_(p, g, m, v, lr=1e-3, step=2.0)
     assert any("fasttrain.adamw_" in s for s in seen)
+
+
+# --- adamw_multi_step_: lists of tensors, one call --------------------------------------------
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_adamw_multi_step_matches_reference_and_single_tensor_op(isa, cfg):
+    """All of SIZES in one call (several pieces per tensor for the largest, a ragged one each): the same
+    result, bit for bit, as adamw_step_ on each tensor, and within the rounding rule of the reference."""
+    states = [make_state(n, seed=i) for i, n in enumerate(SIZES)]
+    lists = lambda: [[t.clone() for t in col] for col in zip(*states)]  # p, grad, m, v, mx lists
+    ours, single, ref64 = lists(), lists(), [[t.double() for t in col] for col in zip(*states)]
+    kw = dict(lr=1e-3, eps=1e-8, step=5, grad_scale=0.5, **cfg)
+    mx = lambda cols: cols[4] if cfg["amsgrad"] else None
+    adamw_multi_step_(*ours[:4], mx(ours), **kw)
+    for i in range(len(SIZES)):
+        adamw_step_(*(c[i] for c in single[:4]), mx(single)[i] if cfg["amsgrad"] else None, **kw)
+    adamw_multi_reference(*ref64[:4], mx(ref64), **kw)
+    for col in (0, 2, 3, 4):
+        for o, s1, r in zip(ours[col], single[col], ref64[col]):
+            assert torch.equal(o, s1)
+            torch.testing.assert_close(o.double(), r, rtol=1e-6, atol=1e-9)
+
+
+def test_adamw_multi_step_empty_and_shapes():
+    adamw_multi_step_([], [], [], [], lr=1e-3, step=1)  # nothing to do
+    p, g = torch.randn(3, 5), torch.randn(3, 5)
+    m, v = torch.zeros(3, 5), torch.zeros(3, 5)
+    ref = [p.clone(), g, m.clone(), v.clone()]
+    adamw_multi_step_([p], [g], [m], [v], lr=1e-2, step=1)
+    adamw_reference(*ref, lr=1e-2, step=1)
+    torch.testing.assert_close(p, ref[0], rtol=1e-6, atol=1e-9)
+
+
+def test_adamw_multi_step_bad_input():
+    p, g, m, v = (torch.randn(8) for _ in range(4))
+    with pytest.raises(ValueError, match="`grads` has 2 tensors but `params` has 1"):
+        adamw_multi_step_([p], [g, g], [m], [v], lr=1e-3, step=1)
+    with pytest.raises(TypeError, match="`exp_avgs` must be a list of tensors"):
+        adamw_multi_step_([p], [g], m, [v], lr=1e-3, step=1)
+    with pytest.raises(TypeError, match=r"`grad` has dtype torch.bfloat16.*\(tensor 0 of the lists\)"):
+        adamw_multi_step_([p], [g.bfloat16()], [m], [v], lr=1e-3, step=1)
+    with pytest.raises(ValueError, match=r"`exp_avg` has 4 elements.*\(tensor 0 of the lists\)"):
+        adamw_multi_step_([p], [g], [m[:4]], [v], lr=1e-3, step=1)
+    with pytest.raises(ValueError, match="not contiguous"):
+        adamw_multi_step_([p], [torch.randn(16)[::2]], [m], [v], lr=1e-3, step=1)
+    with pytest.raises(ValueError, match="share memory"):
+        adamw_multi_step_([p, p], [g, g], [m, torch.randn(8)], [v, torch.randn(8)], lr=1e-3, step=1)
+    with pytest.raises(ValueError, match="amsgrad=True needs `max_exp_avg_sqs`"):
+        adamw_multi_step_([p], [g], [m], [v], lr=1e-3, step=1, amsgrad=True)
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        adamw_multi_step_([p], [g], [m], [v], lr=-1.0, step=1)

@@ -170,7 +170,7 @@ def test_backward_accumulates_into_flat_grads_and_matches_torch(isa):
     x, y = torch.randn(64, 13), torch.randn(64, 3)
     for _ in range(20):
         for m, o in ((model, opt), (ref_model, ref)):
-            o.zero_grad()
+            o.zero_grad(set_to_none=False)
             for half in (x[:32], x[32:]):  # two backwards: accumulation into the flat views
                 torch.nn.functional.mse_loss(m(half), y[: len(half)]).backward()
             o.step()
@@ -178,18 +178,75 @@ def test_backward_accumulates_into_flat_grads_and_matches_torch(isa):
     assert_params_close(list(model.parameters()), list(ref_model.parameters()), rtol=1e-5)
 
 
-def test_swapped_grad_is_adopted():
+def test_set_to_none_reads_autograd_grads_in_place(isa, monkeypatch):
+    """zero_grad() (set_to_none=True) drops the grads as torch does; the next backward's own tensors
+    (two backwards: accumulated by autograd) are read in place by one multi-tensor call per group,
+    never copied into the flat buffer; results match torch, and set_to_none=False goes back to the views."""
+    import fasttrain.optim.adamw as adamw_mod
+
+    calls = []
+    orig = adamw_mod._call_adamw_multi
+    monkeypatch.setattr(adamw_mod, "_call_adamw_multi", lambda *a, **k: (calls.append(len(a[0])), orig(*a, **k)))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(13, 33), torch.nn.GELU(), torch.nn.Linear(33, 3))
+    ref_model = torch.nn.Sequential(torch.nn.Linear(13, 33), torch.nn.GELU(), torch.nn.Linear(33, 3))
+    ref_model.load_state_dict(model.state_dict())
+    opt = fasttrain.optim.AdamW(model.parameters(), lr=1e-2, amsgrad=True)
+    ref = torch.optim.AdamW(ref_model.parameters(), lr=1e-2, foreach=False, amsgrad=True)
+    flat = opt._flat[0]
+    x, y = torch.randn(64, 13), torch.randn(64, 3)
+    for _ in range(20):
+        for m, o in ((model, opt), (ref_model, ref)):
+            o.zero_grad()
+            if o is opt:
+                assert all(p.grad is None for p in model.parameters())
+            for half in (x[:32], x[32:]):
+                torch.nn.functional.mse_loss(m(half), y[: len(half)]).backward()
+            o.step()
+    assert calls == [4] * 20
+    assert not flat.grad_buf.any()  # never written: the grads stayed autograd's
+    assert [p.grad.data_ptr() for p in model.parameters()] != flat.gptrs
+    assert_params_close(list(model.parameters()), list(ref_model.parameters()), rtol=1e-5)
+    opt.zero_grad(set_to_none=False)
+    assert [p.grad.data_ptr() for p in model.parameters()] == flat.gptrs and not flat.grad_buf.any()
+
+
+def test_set_to_none_skips_params_without_grad_like_torch():
+    torch.manual_seed(0)
+    ours_p, ref_p = make_params(), make_params()
+    ours = fasttrain.optim.AdamW(ours_p, lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW(ref_p, lr=1e-2, weight_decay=0.1, foreach=False)
+    for step in range(4):
+        ours.zero_grad()
+        ref.zero_grad()
+        set_grads([ours_p, ref_p], step)
+        if step == 2:  # no gradient for parameter 1 this step: torch leaves it (and its step count) alone
+            ours_p[1].grad = ref_p[1].grad = None
+        ours.step()
+        ref.step()
+    assert ours.state[ours_p[1]]["step"].item() == ref.state[ref_p[1]]["step"].item() == 3
+    assert_params_close(ours_p, ref_p)
+
+
+@pytest.mark.parametrize("case", ["read_in_place", "flat_group", "non_contiguous"])
+def test_swapped_grad_is_adopted_or_read_in_place(case):
+    """A user-set fp32 contiguous grad is read where it is (fp32 AdamW); one the kernel cannot read
+    (non-contiguous), or any swapped grad of a group whose step reads the flat buffer (here
+    max_grad_norm, set so high it never clips), is copied into the flat slot and re-pointed."""
     ours_p = make_params()
     ref_p = clone_params(ours_p)
-    ours = fasttrain.optim.AdamW(ours_p)
+    ours = fasttrain.optim.AdamW(ours_p, max_grad_norm=1e30 if case == "flat_group" else None)
     ref = torch.optim.AdamW(ref_p, foreach=False)
     ptr = ours_p[2].grad.data_ptr()
     for step in range(3):
         set_grads([ours_p, ref_p], step)
-        ours_p[2].grad = ref_p[2].grad.clone()  # a new tensor, not the flat view
+        g = ref_p[2].grad
+        user = g.clone() if case != "non_contiguous" else torch.stack([g, g], -1)[..., 0]
+        ours_p[2].grad = user
         ours.step()
         ref.step()
-    assert ours_p[2].grad.data_ptr() == ptr
+    assert (ours_p[2].grad is user) == (case == "read_in_place")
+    assert (ours_p[2].grad.data_ptr() == ptr) == (case != "read_in_place")
     assert_params_close(ours_p, ref_p)
 
 
@@ -229,12 +286,13 @@ def test_none_grad_skips_param_like_torch(isa):
     assert_params_close(ours_p, ref_p)
 
 
-def test_zero_grad_keeps_views():
+@pytest.mark.parametrize("kw", [dict(max_grad_norm=1.0), dict(state_dtype="bf16"), dict(state_dtype="int8")])
+def test_zero_grad_keeps_views_where_the_step_reads_the_flat_buffer(kw):
     ps = make_params()
-    opt = fasttrain.optim.AdamW(ps)
+    opt = fasttrain.optim.AdamW(ps, **kw)
     set_grads([ps], 0)
     ptrs = [p.grad.data_ptr() for p in ps]
-    opt.zero_grad()  # set_to_none=True by default: still zeroes in place
+    opt.zero_grad()  # set_to_none=True, but these steps read the flat buffer: zeroed in place
     assert [p.grad.data_ptr() for p in ps] == ptrs
     assert all(not p.grad.any() for p in ps)
 

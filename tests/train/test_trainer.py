@@ -73,6 +73,7 @@ def test_model_checkpoint_keeps_best_and_last(tmp_path, digits):
     t = fasttrain.Trainer(digits_mlp(32), optimizer=adamw(), loss_fn=CE, max_epochs=4, callbacks=[mc],
                           checkpoint_dir=tmp_path, loggers="csv", verbose=False)
     t.fit(train, val_data=val)
+    t.wait_for_checkpoint()  # fit() does not wait for the writer thread (writes, and unlinks of worse bests)
     assert (tmp_path / "last.ckpt").is_file()
     assert len(list(tmp_path.glob("best-*.ckpt"))) == 2
     state = load_checkpoint(mc.best_model_path)
