@@ -44,11 +44,16 @@ class CSVLogger(Logger):
         self.path = self.dir / "metrics.csv"
         self.columns: list[str] = ["step"]
         self.rows: list[dict[str, float]] = []
+        self._hparams: bytes | None = None  # what this logger last wrote to hparams.json
 
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         # On the writer thread: even without fsync, temp file + rename costs ~4 ms here (2% of a short
-        # fit). Log files skip the fsync (durable=False); the rename still keeps them whole.
+        # fit). Log files skip the fsync (durable=False); the rename still keeps them whole. A fit()
+        # that continues training (same hyperparameters) does not rewrite the file.
         data = json.dumps(dict(params), indent=1, default=str).encode()
+        if data == self._hparams:
+            return
+        self._hparams = data
         write_in_background(atomic_write_bytes, self.dir / "hparams.json", data, durable=False)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

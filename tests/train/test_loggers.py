@@ -70,6 +70,21 @@ def test_csv_logger_writes_metrics_and_hparams(tmp_path):
     assert rows[0].split(",")[:2] == ["step", "epoch"] and len(rows) == 4  # header + steps 2, 4, 6
 
 
+def test_csv_logger_rewrites_hparams_only_when_they_change(tmp_path):
+    from fasttrain.train.loggers import CSVLogger
+
+    lg = CSVLogger(tmp_path)
+    lg.log_hyperparams({"lr": 0.1})
+    wait_for_writes()
+    first = (tmp_path / "hparams.json").stat().st_ino  # each write renames a new file into place
+    lg.log_hyperparams({"lr": 0.1})  # a second fit() with the same configuration
+    wait_for_writes()
+    assert (tmp_path / "hparams.json").stat().st_ino == first
+    lg.log_hyperparams({"lr": 0.2})
+    wait_for_writes()
+    assert json.loads((tmp_path / "hparams.json").read_text()) == {"lr": 0.2}
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch):
     # MLflow 3 keeps the file store in maintenance mode behind this switch; it needs no server or database.
