@@ -110,7 +110,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     val = inputs[args.calib:] if len(inputs) > args.calib else inputs
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     try:
-        export_onnx(model, torch.zeros(shape), out, quantize=args.quantize, calibration=calib.split(args.batch),
+        export_onnx(model, torch.zeros(shape), out, quantize=args.quantize, weights=args.weights,
+                    calibration=calib.split(args.batch),
                     validation=val.split(args.batch), min_sqnr_db=args.min_sqnr_db,
                     min_top1_agreement=args.min_top1_agreement)
     except QuantizationRejected as e:
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-kwargs", default=None, help="JSON keyword arguments for --model, e.g. '{\"hidden\": 128}'")
     p.add_argument("--input-shape", default=None, help="example input shape, batch first, e.g. 1,64")
     p.add_argument("--quantize", choices=["dynamic", "static"], default=None, help="int8 quantization (default: none)")
+    p.add_argument("--weights", choices=["auto", "per_channel", "per_tensor"], default="auto",
+                   help="int8 weight scales (default auto: per-tensor where it is within 1 dB of per-channel)")
     p.add_argument("--calib", type=int, default=256, help="calibration samples taken from the checkpoint's inputs")
     p.add_argument("--batch", type=int, default=64, help="batch size for calibration and validation (default: 64)")
     p.add_argument("--out", default=None, help="output .onnx path (default: the checkpoint path with .onnx)")

@@ -3,9 +3,11 @@
 Exporter: torch.onnx.export(dynamo=True) with a dynamic batch dimension; if that raises, the TorchScript
 exporter (dynamo=False, dynamic_axes); the report records which ran and why. Quantization follows
 onnxruntime's recommended CPU recipe: quant_pre_process (shape inference + graph optimization), then
-  "dynamic": quantize_dynamic, int8 per-channel weights (activations quantized at run time by ORT);
-  "static":  quantize_static, QDQ format, S8S8 (int8 activations and weights), per-channel weights,
-             MinMax calibration over `calibration` (any iterable of input batches).
+  "dynamic": quantize_dynamic, int8 weights (activations quantized at run time by ORT); weights="auto"
+             makes per-channel and per-tensor artifacts and keeps per-tensor (faster in ORT) when it is
+             within 1 dB of per-channel's SQNR;
+  "static":  quantize_static, QDQ format, S8S8 (int8 activations and weights), per-channel weights
+             (unless weights="per_tensor"), MinMax calibration over `calibration` (any iterable of input batches).
 Verification runs the torch model (fp32) and both ONNX artifacts on the held-out `validation` batches.
 """
 
@@ -17,6 +19,7 @@ import platform
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -63,6 +66,8 @@ class ExportReport:
     max_abs_err: float | None = None
     top1_agreement: float | None = None  # classifiers (2-D output, > 1 class) only
     weight_bytes_int8: int | None = None
+    weight_granularity: str | None = None  # "per_channel" | "per_tensor": the int8 weight scales kept
+    sqnr_db_candidates: dict[str, float] = field(default_factory=dict)  # weights="auto": SQNR of each candidate
     latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # {"fp32"|"int8": {"batch_1"|"batch_N": ms}}
     min_sqnr_db: float | None = None
     min_top1_agreement: float | None = None
@@ -85,6 +90,9 @@ class ExportReport:
                      f"{self.max_abs_err:.3g}" if self.max_abs_err is not None else "-"))
         if self.sqnr_db is not None:
             rows.append(("SQNR dB vs torch", "-", f"{self.sqnr_db:.1f} (min {self.min_sqnr_db})"))
+        if self.weight_granularity is not None:
+            alt = ", ".join(f"{g} {v:.1f} dB" for g, v in self.sqnr_db_candidates.items() if g != self.weight_granularity)
+            rows.append(("int8 weight scales", "-", self.weight_granularity + (f" (candidate {alt})" if alt else "")))
         if self.top1_agreement is not None:
             rows.append(("top-1 agreement", "-", f"{100 * self.top1_agreement:.2f}% (min {100 * self.min_top1_agreement:.2f}%)"))
         w = max(len(r[0]) for r in rows)
@@ -189,18 +197,18 @@ def _calibration_reader(sess, calibration: Iterable):
     return _Reader()
 
 
-def _quantize(ort, pre: Path, out: Path, mode: str, calibration, sess) -> int:
+def _quantize(ort, pre: Path, out: Path, mode: str, calibration, sess, per_channel: bool = True) -> int:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     tmp = temp_path_for(out)
     if mode == "dynamic":
-        quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel)
         _scalar_weight_zero_points(tmp)
         n = 0
     else:
         reader = _calibration_reader(sess, calibration)
         quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax)
+                        weight_type=QuantType.QInt8, per_channel=per_channel, calibrate_method=CalibrationMethod.MinMax)
         n = reader.count
         if n == 0:
             tmp.unlink(missing_ok=True)
@@ -243,6 +251,16 @@ def _scalar_weight_zero_points(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+# weights="auto": per-tensor int8 weight scales are kept when their SQNR is at most this much below
+# per-channel's (1 dB: ~26% more noise power, on top of what activation quantization already adds).
+AUTO_SQNR_SLACK_DB = 1.0
+
+
+def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    r, d = ref.double(), out.double() - ref.double()
+    return float(20 * torch.log10(r.norm() / d.norm())) if d.norm() > 0 else float("inf")
+
+
 def _latency(sessions: dict, batch: tuple[torch.Tensor, ...], rounds: int) -> dict[str, dict[str, float]]:
     from fasttrain.bench import interleaved
 
@@ -271,6 +289,7 @@ def onnx(
     min_sqnr_db: float = 20.0,
     min_top1_agreement: float = 0.99,
     exporter: str = "auto",
+    weights: str = "auto",
     opset: int | None = None,
     latency_rounds: int = 20,
     threads: int | None = None,
@@ -287,6 +306,11 @@ def onnx(
         model's first output. top-1 agreement is computed when that output is (batch, classes > 1).
     min_sqnr_db / min_top1_agreement: thresholds; below either, the int8 artifact is deleted, the report is
         still written (passed=false) and QuantizationRejected is raised.
+    weights: int8 weight scales, "per_channel" (one per output channel), "per_tensor" or "auto": for
+        quantize="dynamic", both are made and verified and per-tensor is kept when its SQNR is within
+        AUTO_SQNR_SLACK_DB (1 dB) of per-channel's (onnxruntime's fused dynamic kernel is ~5-10% faster at
+        batch 1 with one scale: `benchmarks/bench_quant.py`); for "static", "auto" means per-channel.
+        The choice and both SQNRs are in the report (weight_granularity, sqnr_db_candidates).
     exporter: "auto" (dynamo, else TorchScript), "dynamo" or "torchscript". threads: ORT intra-op threads
         (default fasttrain's). Returns the ExportReport (printed as a table when verbose).
     Models whose fp32 weights exceed 2 GB (ONNX's single-file limit) are not supported.
@@ -296,6 +320,8 @@ def onnx(
         raise ValueError(f"fasttrain.export.onnx: quantize must be None, 'dynamic' or 'static', got {quantize!r}")
     if quantize == "static" and calibration is None:
         raise ValueError("fasttrain.export.onnx: quantize='static' needs `calibration` (an iterable of input batches)")
+    if weights not in ("auto", "per_channel", "per_tensor"):
+        raise ValueError(f"fasttrain.export.onnx: weights must be 'auto', 'per_channel' or 'per_tensor', got {weights!r}")
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ValueError(f"fasttrain.export.onnx: exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
     if not isinstance(model, torch.nn.Module):
@@ -339,16 +365,35 @@ def onnx(
     if quantize:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        if weights != "auto":
+            grans = [weights]
+        else:
+            grans = ["per_channel", "per_tensor"] if quantize == "dynamic" else ["per_channel"]
         pre = temp_path_for(path.with_name(path.stem + ".pre.onnx"))
+        made: dict[str, tuple[Path, Any, torch.Tensor, float]] = {}
         try:
             quant_pre_process(str(path), str(pre))
-            report.calibration_batches = _quantize(ort, pre, qpath, quantize, calibration, sess32)
+            for g in grans:
+                out = qpath if len(grans) == 1 else path.with_name(f"{path.stem}.int8.{g}.onnx")
+                report.calibration_batches = _quantize(ort, pre, out, quantize, calibration, sess32,
+                                                       per_channel=g == "per_channel")
+                sess = _session(ort, out, threads)
+                out8 = torch.cat([torch.from_numpy(sess.run(None, _feeds(sess, b))[0]) for b in val])
+                made[g] = (out, sess, out8, _sqnr_db(ref, out8))
+            chosen = grans[0]
+            if len(grans) == 2 and made["per_tensor"][3] >= made["per_channel"][3] - AUTO_SQNR_SLACK_DB:
+                chosen = "per_tensor"
+            if made[chosen][0] != qpath:
+                atomic_replace(made[chosen][0], qpath)
         finally:
             pre.unlink(missing_ok=True)
-        sess8 = _session(ort, qpath, threads)
-        out8 = torch.cat([torch.from_numpy(sess8.run(None, _feeds(sess8, b))[0]) for b in val])
-        r, d = ref.double(), (out8.double() - ref.double())
-        report.sqnr_db = float(20 * torch.log10(r.norm() / d.norm())) if d.norm() > 0 else float("inf")
+            for g, (out, *_rest) in made.items():
+                if out != qpath:
+                    out.unlink(missing_ok=True)
+        _, sess8, out8, report.sqnr_db = made[chosen]
+        report.weight_granularity = chosen
+        report.sqnr_db_candidates = {g: m[3] for g, m in made.items()}
+        d = out8.double() - ref.double()
         report.max_abs_err = float(d.abs().max())
         if ref.dim() == 2 and ref.shape[1] > 1:
             report.top1_agreement = float((out8.argmax(1) == ref.argmax(1)).double().mean())

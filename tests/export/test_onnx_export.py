@@ -86,7 +86,9 @@ def test_dynamic_artifact_has_scalar_weight_zero_points(digits, tmp_path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model, x_train, x_test, _ = digits
-    report = export_onnx(model, x_train[:8], tmp_path / "d.onnx", quantize="dynamic", latency_rounds=0, verbose=False)
+    report = export_onnx(model, x_train[:8], tmp_path / "d.onnx", quantize="dynamic", weights="per_channel",
+                         latency_rounds=0, verbose=False)
+    assert report.weight_granularity == "per_channel" and set(report.sqnr_db_candidates) == {"per_channel"}
     graph = onnx.load(str(report.quantized_path)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     mm = [n for n in graph.node if n.op_type == "MatMulInteger"]
@@ -104,6 +106,40 @@ def test_dynamic_artifact_has_scalar_weight_zero_points(digits, tmp_path):
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outs.append(sess.run(None, {sess.get_inputs()[0].name: x_test.numpy()})[0])
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def _weight_scale_shapes(path):
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return [inits[n.input[1].removesuffix("_quantized") + "_scale"].shape for n in graph.node if n.op_type == "MatMulInteger"]
+
+
+def test_weights_auto_keeps_per_tensor_only_within_the_slack(digits, tmp_path, monkeypatch):
+    """weights="auto" (dynamic): both granularities are made and verified on the validation data; the
+    per-tensor artifact is kept iff its SQNR is within AUTO_SQNR_SLACK_DB of per-channel's. Shown both ways
+    by moving the slack, with the scales in the written artifact checked; no candidate file is left."""
+    import fasttrain.export.onnx_export as ox
+
+    model, x_train, x_test, _ = digits
+    kw = dict(quantize="dynamic", validation=x_test.split(128), latency_rounds=0, verbose=False)
+    rep = export_onnx(model, x_train[:8], tmp_path / "a.onnx", **kw)
+    pc, pt = rep.sqnr_db_candidates["per_channel"], rep.sqnr_db_candidates["per_tensor"]
+    assert pc > 20 and pt > 20
+    want = "per_tensor" if pt >= pc - ox.AUTO_SQNR_SLACK_DB else "per_channel"
+    assert rep.weight_granularity == want and rep.sqnr_db == rep.sqnr_db_candidates[want]
+    for slack, kept in ((pc - pt + 0.5, "per_tensor"), (pc - pt - 0.5, "per_channel")):
+        monkeypatch.setattr(ox, "AUTO_SQNR_SLACK_DB", slack)
+        rep = export_onnx(model, x_train[:8], tmp_path / f"{kept}.onnx", **kw)
+        assert rep.weight_granularity == kept
+        shapes = _weight_scale_shapes(rep.quantized_path)
+        assert all(s == () for s in shapes) if kept == "per_tensor" else all(len(s) == 1 and s[0] > 1 for s in shapes)
+    assert sorted(p.name for p in tmp_path.iterdir() if "int8" in p.name) == [
+        "a.int8.onnx", "per_channel.int8.onnx", "per_tensor.int8.onnx"]
+    with pytest.raises(ValueError, match="weights must be 'auto', 'per_channel' or 'per_tensor'"):
+        export_onnx(model, x_train[:8], tmp_path / "b.onnx", quantize="dynamic", weights="per_row")
 
 
 def test_exporter_choice_is_recorded(digits, tmp_path):
