@@ -6,6 +6,8 @@
 - trainer_fasttrain: the Trainer with its defaults, fed tensors: fasttrain's Loader (resumable batching
   instead of per-sample DataLoader collation) and fasttrain's fused AdamW, same logging and checkpoints.
   Target: faster than the raw loop.
+- trainer_bare / trainer_fasttrain_bare: the same two without progress bar, CSV and checkpoints (what the
+  loop itself costs, apart from what those write).
 
     pytest benchmarks/bench_trainer.py -s
 """
@@ -46,13 +48,18 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
     m_raw, m_tr, m_tt = digits_mlp(), digits_mlp(), digits_mlp()
     o_raw = torch.optim.AdamW(m_raw.parameters(), lr=1e-3, fused=True)
 
-    def make_trainer(model, ckpt, optimizer):
-        return fasttrain.Trainer(model, optimizer=optimizer, optimizer_kwargs={"lr": 1e-3} if optimizer == "adamw" else None,
-                                 loss_fn=CE, max_epochs=10**9, log_every=50, loggers="csv", checkpoint_dir=ckpt,
-                                 progress=True, verbose=False)
+    m_trb, m_ttb = digits_mlp(), digits_mlp()
 
-    tr = make_trainer(m_tr, tmp_path / "a", lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True))
+    def make_trainer(model, ckpt, optimizer, extras=True):
+        return fasttrain.Trainer(model, optimizer=optimizer, optimizer_kwargs={"lr": 1e-3} if optimizer == "adamw" else None,
+                                 loss_fn=CE, max_epochs=10**9, log_every=50, loggers="csv" if extras else (),
+                                 checkpoint_dir=ckpt if extras else None, progress=extras, verbose=False)
+
+    torch_adamw = lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)  # noqa: E731
+    tr = make_trainer(m_tr, tmp_path / "a", torch_adamw)
     tt = make_trainer(m_tt, tmp_path / "b", "adamw")
+    trb = make_trainer(m_trb, None, torch_adamw, extras=False)  # the same without progress bar, CSV and checkpoints
+    ttb = make_trainer(m_ttb, None, "adamw", extras=False)
 
     def run_trainer(t, data):
         t.max_epochs = t.epoch + EPOCHS
@@ -60,7 +67,8 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
 
     t = interleaved(
         {"raw": lambda: raw_epochs(m_raw, o_raw, loader), "trainer": lambda: run_trainer(tr, loader),
-         "trainer_fasttrain": lambda: run_trainer(tt, (x, y))},
+         "trainer_fasttrain": lambda: run_trainer(tt, (x, y)), "trainer_bare": lambda: run_trainer(trb, loader),
+         "trainer_fasttrain_bare": lambda: run_trainer(ttb, (x, y))},
         rounds=1 if smoke else 11,
         warmup=0 if smoke else 1,
     )
@@ -68,6 +76,8 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
     result = {f"{k}_ms_per_step": v * 1e3 for k, v in per_step.items()}
     result["trainer_vs_raw"] = per_step["trainer"] / per_step["raw"]
     result["trainer_fasttrain_vs_raw"] = per_step["trainer_fasttrain"] / per_step["raw"]
+    result["trainer_bare_vs_raw"] = per_step["trainer_bare"] / per_step["raw"]
+    result["trainer_fasttrain_bare_vs_raw"] = per_step["trainer_fasttrain_bare"] / per_step["raw"]
     benchmark.extra_info.update(result)
     print("\n" + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
     benchmark.pedantic(lambda: raw_epochs(m_raw, o_raw, loader), rounds=1, iterations=1)
