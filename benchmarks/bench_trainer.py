@@ -12,9 +12,7 @@
     pytest benchmarks/bench_trainer.py -s
 """
 
-import time
 
-import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset

@@ -17,7 +17,7 @@ import contextlib
 import os
 import platform
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from pathlib import Path

@@ -325,12 +325,12 @@ def _call_adamw_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, bas
     mutated = tuple(bases) if bases else (*params, *exp_avgs, *exp_avg_sqs, *max_exp_avg_sqs)
     if not params:
         return
-    impl = _adamw_multi_cpu
-    if ptrs is not None:
-        def impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *a):
-            _C.optim.adamw_f32_multi_(ptrs[0], [g.data_ptr() for g in grads], ptrs[1], ptrs[2], ptrs[3], ptrs[4], *a,
-                                      num_threads())
-    _eager.call(_adamw_multi_op, impl, mutated, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *args)
+    def own_buffers(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *a):
+        _C.optim.adamw_f32_multi_(ptrs[0], [g.data_ptr() for g in grads], ptrs[1], ptrs[2], ptrs[3], ptrs[4], *a,
+                                  num_threads())
+
+    _eager.call(_adamw_multi_op, _adamw_multi_cpu if ptrs is None else own_buffers, mutated, params, grads, exp_avgs,
+                exp_avg_sqs, max_exp_avg_sqs, *args)
 
 
 def _adamw_multi_samples():

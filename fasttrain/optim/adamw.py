@@ -506,7 +506,6 @@ class AdamW(_FlatOptimizer):
         amsgrad = group["amsgrad"]
         if amsgrad:
             fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))
-        gi = next(i for i, f in enumerate(self._flat) if f is fg)
         if idx is None and self._keeps_grads(group, fg):
             grads = [p.grad for p in fg.params]
             if any(g.data_ptr() != q for g, q in zip(grads, fg.gptrs)):
@@ -524,6 +523,7 @@ class AdamW(_FlatOptimizer):
                                   kw["eps"], kw["weight_decay"], steps[0], kw["maximize"], amsgrad, kw["grad_scale"],
                                   ptrs=fg.multi_ptrs[1])
                 return
+        gi = next(i for i, f in enumerate(self._flat) if f is fg)
         if idx is None:
             b = fg.state_bufs
             # A new noise stream per step and group (never reused: the same bits every step would bias).
