@@ -221,9 +221,8 @@ def _scalar_weight_zero_points(path: Path) -> None:
     """Replaces each MatMulInteger's per-column weight zero point (input 3) by a scalar 0 when it is all
     zeros, as it always is for symmetric int8 weights. Same values; but onnxruntime's fused
     DynamicQuantizeMatMul takes a slower path for a per-column zero point than for a per-column scale
-    alone: 1.30 vs 1.23 ms at batch 1 for the 1024-4096-4096-1024 MLP (`benchmarks/bench_quant.py`),
-    where ORT's own per-tensor quantize_dynamic took 1.22 ms. (Static QDQ models are left alone: there the
-    zero point is part of the pattern ORT fuses into QGemm.)"""
+    alone (MLAS's per-column zero-point GEMM). Static QDQ models are left alone: there the zero point is
+    part of the pattern ORT fuses into QGemm (dropping it unfuses the graph to fp32 Gemm)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
