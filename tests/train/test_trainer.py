@@ -129,18 +129,22 @@ def test_exact_resume_after_sigkill(tmp_path, grad_accum, kill_at):
     assert not list((tmp_path / "killed").glob(".*.tmp"))  # the killed run's unfinished writes were cleaned up
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "torch-sgd"])
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-noclip", "torch-sgd"])
 def test_no_host_sync_between_log_points(digits, optimizer):
+    """adamw: clipping folded into the flat-buffer step; adamw-noclip: the multi-tensor step reading
+    autograd's own gradients (zero_grad() leaves them None); torch-sgd: a torch optimizer."""
     train, _ = digits
     steps, log_every = 40, 10
-    opt = optimizer if optimizer == "adamw" else (lambda ps: torch.optim.SGD(ps, lr=0.1))
-    t = fasttrain.Trainer(digits_mlp(16), optimizer=opt, loss_fn=CE,
-                          max_steps=steps, log_every=log_every, clip_grad_norm=1.0, loggers=None, verbose=False)
+    opt = optimizer.removesuffix("-noclip") if optimizer.startswith("adamw") else (lambda ps: torch.optim.SGD(ps, lr=0.1))
+    t = fasttrain.Trainer(digits_mlp(16), optimizer=opt, loss_fn=CE, max_steps=steps, log_every=log_every,
+                          clip_grad_norm=None if optimizer == "adamw-noclip" else 1.0, loggers=None, verbose=False)
     with SyncCounter() as counter:
         t.fit(train)
     log_points = steps // log_every
     assert len(t.history) == log_points
     assert counter.count == 2 * log_points  # train_loss and nonfinite_losses, read at log points only
+    if optimizer == "adamw-noclip":
+        assert all(p.grad is None for p in t.model.parameters())
 
 
 def test_nonfinite_losses_are_counted(digits):
