@@ -4,7 +4,7 @@
     fasttrain demo [--seconds S]   train a byte-level GPT on the stdlib source, sample, export to int8 ONNX
     fasttrain bench [--seconds S]  the fused clip_grad_norm_ against torch, same run
     fasttrain train --config F     train from a TOML run file (see fasttrain/train/config.py)
-    fasttrain export --checkpoint PATH [--quantize dynamic|static] [--calib N] [--out PATH]
+    fasttrain export --checkpoint PATH [--quantize dynamic|static] [--weights auto|per_channel|per_tensor] [--calib N] [--out PATH]
                                    verified ONNX export (checkpoint contract: fasttrain/export/checkpoint.py)
 """
 
