@@ -394,6 +394,37 @@ def test_adamw_step_in_backward_mlp(benchmark, smoke):
     benchmark.pedantic(step, args=(ours_m, ours), rounds=rounds, iterations=1, warmup_rounds=0)
 
 
+_STEADY_PEAK = r"""
+import sys, torch, fasttrain.optim
+torch.manual_seed(0)
+widths = {widths}
+layers = []
+for a, b in zip(widths[:-1], widths[1:]):
+    layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+model = torch.nn.Sequential(*layers[:-1])
+x, y = torch.randn({batch}, widths[0]), torch.randn({batch}, widths[-1])
+mode = sys.argv[1]
+opt = (torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True) if mode == "torch_fused"
+       else fasttrain.optim.AdamW(model.parameters(), lr=1e-4))
+for it in range(4):
+    if it == 1:  # steady state: reset the high-water mark after the first step (construction copies params)
+        open("/proc/self/clear_refs", "w").write("5")
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=mode != "fasttrain_keep")
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+"""
+
+
+def _steady_peak_mib(mode: str, widths: list[int], batch: int) -> float:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _STEADY_PEAK.format(widths=widths, batch=batch), mode],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
 def _guard_multi():
     g = torch.Generator().manual_seed(0)
     cols = [[torch.randn(n, generator=g) * s for n in (7, 70001)] for s in (1.0, 1e-2, 1e-2)]
@@ -449,9 +480,14 @@ def test_adamw_training_step_set_to_none(benchmark, smoke, size):
     result = {"params": n, "batch": batch, **{f"{k}_ms": v for k, v in ms.items()},
               "speedup_vs_torch_fused": ms["torch_fused"] / ms["fasttrain"],
               "speedup_vs_keep": ms["fasttrain_keep"] / ms["fasttrain"]}
+    peaks = ""
+    if size == "wide" and not smoke:  # steady-state peak RSS of the same loop in fresh processes
+        peak = {k: _steady_peak_mib(k, widths, batch) for k in models}
+        result.update({f"{k}_peak_rss_mib": v for k, v in peak.items()})
+        peaks = "; steady-state peak RSS " + ", ".join(f"{k} {v:.0f} MiB" for k, v in peak.items())
     benchmark.extra_info.update(result)
     print(f"\nAdamW training step ({size}: {n / 1e6:.2f}M params, batch {batch}): fasttrain {ms['fasttrain']:.3f} ms, "
           f"torch fused {ms['torch_fused']:.3f} ms, fasttrain with zero_grad(set_to_none=False) "
           f"{ms['fasttrain_keep']:.3f} ms; speedup {result['speedup_vs_torch_fused']:.3f}x vs torch fused, "
-          f"{result['speedup_vs_keep']:.3f}x vs the kept flat grads (medians of {rounds} interleaved rounds)")
+          f"{result['speedup_vs_keep']:.3f}x vs the kept flat grads (medians of {rounds} interleaved rounds){peaks}")
     benchmark.pedantic(steps, args=("fasttrain",), rounds=rounds, iterations=1, warmup_rounds=0)

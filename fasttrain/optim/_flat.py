@@ -21,7 +21,9 @@ What users can break, and what happens (checked at every step, cheap pointer com
   autograd put them (`_keeps_grads`: fasttrain.optim.AdamW with fp32 params and states on CPU, no
   max_grad_norm), gradients are set to None as in torch; the next backward then hands over fresh
   tensors instead of adding into a kept buffer, and the step reads them in place (one multi-tensor
-  kernel call): no zeroing pass, no accumulation pass. A parameter without a gradient is skipped, as
+  kernel call): no zeroing pass, no accumulation pass, and the flat gradient buffer is freed until
+  something needs it again (set_to_none=False, a swapped grad the kernel cannot read, a configuration
+  change), so no gradient memory is held between steps. A parameter without a gradient is skipped, as
   in torch. Elsewhere (bf16/fp16 params, int8 or bf16 states, max_grad_norm, SGD, Lion, CUDA) it
   behaves as set_to_none=False, because those steps read the flat buffer.
 """
@@ -84,9 +86,13 @@ class _FlatGroup:
         dev = params[0].device
         self.param_buf = torch.zeros(self.total, dtype=self.dtype, device=dev)
         self.param_views = self.views(self.param_buf)
-        # flat_grads=False (step_in_backward): autograd's own per-parameter grads, freed after each update
-        self.grad_buf = torch.zeros(self.total, dtype=self.dtype, device=dev) if flat_grads else None
-        self.grad_views = self.views(self.grad_buf) if flat_grads else None
+        # flat_grads=False (step_in_backward): autograd's own per-parameter grads, freed after each update.
+        # With flat_grads the gradient buffer can still be released (`release_grads`, when the step reads
+        # autograd's tensors in place) and comes back, zeroed, the next time anything asks for it.
+        self.flat_grads = flat_grads
+        self._grad_buf: torch.Tensor | None = None
+        self._grad_views: list[torch.Tensor] | None = None
+        self._gptrs: list[int] | None = None
         with torch.no_grad():
             for i, (p, pv) in enumerate(zip(params, self.param_views)):
                 pv.copy_(p.detach())
@@ -98,7 +104,6 @@ class _FlatGroup:
                     p.grad = None
                 p.data = pv
         self.pptrs = [v.data_ptr() for v in self.param_views]
-        self.gptrs = [v.data_ptr() for v in self.grad_views] if flat_grads else None
         self.state_bufs: dict[str, torch.Tensor] = {}
         self.state_views: dict[str, list[torch.Tensor]] = {}
         # Triton groups (CUDA, or the forced backend) keep the step counts on the params' device, as torch's
@@ -114,6 +119,32 @@ class _FlatGroup:
         # (pointers of the param/state buffers, their views' pointer lists + numels) for the multi-tensor
         # AdamW call (fasttrain/optim/adamw.py), rebuilt when a state buffer is reallocated
         self.multi_ptrs: tuple[Any, Any] = (None, None)
+
+    # The flat gradient buffer, its per-parameter views and their addresses (None without flat_grads).
+    @property
+    def grad_buf(self) -> torch.Tensor | None:
+        if self._grad_buf is None and self.flat_grads:
+            self._grad_buf = torch.zeros(self.total, dtype=self.dtype, device=self.param_buf.device)
+            self._grad_views = self.views(self._grad_buf)
+            self._gptrs = [v.data_ptr() for v in self._grad_views]
+        return self._grad_buf
+
+    @property
+    def grad_views(self) -> list[torch.Tensor] | None:
+        return self._grad_views if self.grad_buf is not None else None
+
+    @property
+    def gptrs(self) -> list[int] | None:
+        return self._gptrs if self.grad_buf is not None else None
+
+    @property
+    def has_grad_buf(self) -> bool:
+        """Whether the flat gradient buffer is allocated now (asking for it allocates it)."""
+        return self._grad_buf is not None
+
+    def release_grads(self) -> None:
+        """Frees the flat gradient buffer (no parameter's .grad may still be one of its views)."""
+        self._grad_buf = self._grad_views = self._gptrs = None
 
     def views(self, buf: torch.Tensor) -> list[torch.Tensor]:
         return [buf[o : o + n].view_as(p) for p, o, n in zip(self.params, self.offsets, self.numels)]
@@ -272,14 +303,15 @@ class _FlatOptimizer(torch.optim.Optimizer):
             gr = p.grad
             if gr is None:
                 missing.append(i)
-                fg.grad_views[i].zero_()  # a skipped parameter must not count in a global grad norm
+                if not keep_grads:  # a skipped parameter must not count in a global grad norm
+                    fg.grad_views[i].zero_()
             elif gr.layout != torch.strided:
                 raise TypeError(f"{name}: parameter {i} has a {gr.layout} gradient; sparse gradients are not supported "
                                 "(use dense embeddings: nn.Embedding(sparse=False))")
+            elif (keep_grads and gr.dtype == fg.dtype and gr.shape == p.shape and gr.device == p.device
+                    and gr.is_contiguous()):
+                continue  # read where it is (a view of the flat buffer, or autograd's own tensor)
             elif gr.data_ptr() != fg.gptrs[i] or gr.shape != fg.grad_views[i].shape:
-                if (keep_grads and gr.dtype == fg.dtype and gr.shape == p.shape and gr.device == p.device
-                        and gr.is_contiguous()):
-                    continue
                 if gr.shape != p.shape or gr.is_complex():
                     raise ValueError(f"{name}: the gradient of parameter {i} has shape {tuple(gr.shape)} ({gr.dtype}); "
                                      f"expected {tuple(p.shape)}")
@@ -325,11 +357,12 @@ class _FlatOptimizer(torch.optim.Optimizer):
         (`_keeps_grads`); everywhere else, and with set_to_none=False, the flat gradient buffers are
         zeroed in place and every gradient is re-attached to its view (see the module docstring)."""
         for group, fg in zip(self.param_groups, self._flat):
-            if fg is None or fg.grad_buf is None:
+            if fg is None or not fg.flat_grads:
                 continue
             if set_to_none and self._keeps_grads(group, fg):
                 for p in fg.params:
                     p.grad = None
+                fg.release_grads()  # as with torch, no gradient memory is held between steps
                 continue
             fg.grad_buf.zero_()
             for i, p in enumerate(fg.params):

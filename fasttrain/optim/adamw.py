@@ -492,7 +492,7 @@ class AdamW(_FlatOptimizer):
         # fp32 params and states on CPU: the multi-tensor kernel reads any fp32 gradient in place. The
         # global norm (max_grad_norm), masters, bf16/int8 states and Triton read the flat buffer.
         return (fg.dtype == torch.float32 and not fg.triton and group["state_dtype"] == "fp32"
-                and not group["master_weights"] and self.max_grad_norm is None and fg.grad_buf is not None)
+                and not group["master_weights"] and self.max_grad_norm is None and fg.flat_grads)
 
     def _update(self, group: dict[str, Any], fg: _FlatGroup, idx: list[int] | None, steps: list[float]) -> None:
         kw = self._kwargs(group)
@@ -508,7 +508,7 @@ class AdamW(_FlatOptimizer):
             fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))
         if idx is None and self._keeps_grads(group, fg):
             grads = [p.grad for p in fg.params]
-            if any(g.data_ptr() != q for g, q in zip(grads, fg.gptrs)):
+            if not fg.has_grad_buf or any(g.data_ptr() != q for g, q in zip(grads, fg.gptrs)):
                 # autograd's own gradients (after zero_grad()): read in place, one call for the group
                 _check_hparams(_MULTI, kw["lr"], kw["beta1"], kw["beta2"], kw["eps"], kw["weight_decay"], steps[0])
                 b, sv = fg.state_bufs, fg.state_views

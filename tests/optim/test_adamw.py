@@ -179,9 +179,10 @@ def test_backward_accumulates_into_flat_grads_and_matches_torch(isa):
 
 
 def test_set_to_none_reads_autograd_grads_in_place(isa, monkeypatch):
-    """zero_grad() (set_to_none=True) drops the grads as torch does; the next backward's own tensors
-    (two backwards: accumulated by autograd) are read in place by one multi-tensor call per group,
-    never copied into the flat buffer; results match torch, and set_to_none=False goes back to the views."""
+    """zero_grad() (set_to_none=True) drops the grads as torch does and frees the flat gradient buffer;
+    the next backward's own tensors (two backwards: accumulated by autograd) are read in place by one
+    multi-tensor call per group, never copied into a flat buffer (none is allocated again); results match
+    torch, and set_to_none=False brings the zeroed buffer and its views back."""
     import fasttrain.optim.adamw as adamw_mod
 
     calls = []
@@ -199,16 +200,37 @@ def test_set_to_none_reads_autograd_grads_in_place(isa, monkeypatch):
         for m, o in ((model, opt), (ref_model, ref)):
             o.zero_grad()
             if o is opt:
-                assert all(p.grad is None for p in model.parameters())
+                assert all(p.grad is None for p in model.parameters()) and not flat.has_grad_buf
             for half in (x[:32], x[32:]):
                 torch.nn.functional.mse_loss(m(half), y[: len(half)]).backward()
             o.step()
     assert calls == [4] * 20
-    assert not flat.grad_buf.any()  # never written: the grads stayed autograd's
-    assert [p.grad.data_ptr() for p in model.parameters()] != flat.gptrs
+    assert not flat.has_grad_buf  # the step never needed it: the grads stayed autograd's
     assert_params_close(list(model.parameters()), list(ref_model.parameters()), rtol=1e-5)
     opt.zero_grad(set_to_none=False)
-    assert [p.grad.data_ptr() for p in model.parameters()] == flat.gptrs and not flat.grad_buf.any()
+    assert flat.has_grad_buf and [p.grad.data_ptr() for p in model.parameters()] == flat.gptrs
+    assert not flat.grad_buf.any()
+
+
+def test_released_grad_buffer_comes_back_when_the_step_needs_it():
+    """Switching a group to a configuration that reads the flat buffer (here max_grad_norm, set so high it
+    never clips) after the buffer was released: the next step allocates it again, adopts autograd's grads
+    and the run still matches torch."""
+    torch.manual_seed(0)
+    ours_p, ref_p = make_params(), make_params()
+    ours = fasttrain.optim.AdamW(ours_p, lr=1e-2)
+    ref = torch.optim.AdamW(ref_p, lr=1e-2, foreach=False)
+    for step in range(6):
+        if step == 3:
+            ours.max_grad_norm = 1e30
+        ours.zero_grad()
+        ref.zero_grad()
+        assert ours._flat[0].has_grad_buf == (step >= 3)  # zero_grad() in flat mode brings it back
+        set_grads([ours_p, ref_p], step)
+        ours.step()
+        ref.step()
+    assert [p.grad.data_ptr() for p in ours_p] == ours._flat[0].gptrs
+    assert_params_close(ours_p, ref_p)
 
 
 def test_set_to_none_skips_params_without_grad_like_torch():
