@@ -233,11 +233,7 @@ def adamw_reference(
     param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
-__all__ += ["adamw_linear_reference"]
-
-
 @torch.no_grad()
-
 def adamw_multi_reference(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr: float, beta1: float = 0.9,
                           beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-2, step: float,
                           maximize: bool = False, amsgrad: bool = False, grad_scale: float = 1.0) -> None:
@@ -247,6 +243,11 @@ def adamw_multi_reference(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=
                         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step,
                         maximize=maximize, amsgrad=amsgrad, grad_scale=grad_scale)
 
+
+__all__ += ["adamw_linear_reference"]
+
+
+@torch.no_grad()
 def adamw_linear_reference(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, input: torch.Tensor,
                            grad_output: torch.Tensor, max_exp_avg_sq: torch.Tensor | None = None, **kw) -> None:
     """`adamw_linear_step_`: the Linear weight gradient grad_output.T @ input (rows, in) x (rows, out),
