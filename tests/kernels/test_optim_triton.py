@@ -14,6 +14,25 @@ from fasttrain.ops.reference import adamw_reference  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _fma_is_exact() -> bool:
+    """Whether tl.fma rounds once here. It does on a GPU and in Triton >= 3.9's interpreter; Triton 3.8's
+    interpreter (what `pip install ".[test]"` gets next to torch 2.14.1) computes x * y + z in fp32 with
+    two roundings, so kernels that are bit-exact on hardware can differ by an ulp under it.
+    (1 + 2^-12)^2 - 1 = 2^-11 + 2^-24 exactly; rounding the product first drops the 2^-24."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(x_ptr, out_ptr):
+        x = tl.load(x_ptr)
+        tl.store(out_ptr, tl.fma(x, x, -1.0))
+
+    x = torch.tensor([1.0 + 2.0**-12], device=DEVICE)
+    out = torch.empty(1, device=DEVICE)
+    probe[(1,)](x, out)
+    return out.item() == 2.0**-11 + 2.0**-24
+
+
 def make(n, pdt, seed=0):
     g = torch.Generator().manual_seed(seed)
     master = torch.randn(n, generator=g)
@@ -96,5 +115,11 @@ def test_triton_adamw_int8_matches_cpp(n, cfg):
         adamw_int8_step_(*cpp, step=step, **kw)
         tk.adamw_int8_(*tri, step=step, **kw)
     torch.testing.assert_close(tri[0].cpu(), cpp[0], rtol=1e-6, atol=1e-8)
+    exact = _fma_is_exact()
     for name, c, t in zip(("exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"), cpp[2:], tri[2:]):
-        assert torch.equal(t.cpu(), c), name
+        if exact:  # the same codes and scales, bit for bit
+            assert torch.equal(t.cpu(), c), name
+        elif name.endswith("scale"):  # an ulp of m (its lerp is one FMA) moves the block absmax by as much
+            torch.testing.assert_close(t.cpu(), c, rtol=1e-6, atol=0, msg=name)
+        else:  # ... and a code next to a rounding threshold by one step
+            assert (t.cpu().int() - c.int()).abs().max() <= 1, name
