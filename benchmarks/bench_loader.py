@@ -179,3 +179,57 @@ def test_token_loader(benchmark, smoke, tmp_path_factory):
     print(f"\ntokens, block {block}, batch {batch}: fasttrain {sps['fasttrain']:,.0f} samples/s, nanoGPT get_batch "
           f"{sps['nanogpt']:,.0f} samples/s, speedup {result['speedup']:.2f}x")
     benchmark.pedantic(fns["fasttrain"], rounds=1 if smoke else 3, iterations=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the pinned ring and async copies)")
+def test_loader_images_cuda(benchmark, smoke, images):
+    """The image workload delivered to a CUDA device, normalized, same run. fasttrain: Loader(device="cuda")
+    (native threads gather + normalize into pinned buffers, asynchronous copy; fp32 and bf16 output). The
+    torch ways ship uint8 and normalize on the GPU (a quarter of the bytes over PCIe): DataLoader with
+    pin_memory=True (0 and 2 workers) and a hand-written batched gather into pinned memory. Each candidate
+    consumes k batches per round; the round ends with a device synchronize."""
+    x, y = images
+    n = len(x)
+    k, rounds = (4, 1) if smoke else (100, 7)
+    dev = torch.device("cuda")
+    mean, std = MEAN.to(dev), STD.to(dev)
+    tf = {"image": Normalize(MEAN.tolist(), STD.tolist()), "label": Widen()}
+    tf16 = {"image": Normalize(MEAN.tolist(), STD.tolist(), dtype=torch.bfloat16), "label": Widen()}
+    ft = Loader({"image": x, "label": y}, BATCH, seed=0, transforms=tf, device=dev)
+    ft16 = Loader({"image": x, "label": y}, BATCH, seed=0, transforms=tf16, device=dev)
+    first = next(iter(ft))
+    idx = torch.from_numpy(ft.indices(0, 0))
+    assert first["image"].device.type == "cuda"
+    assert torch.equal(first["image"].cpu(), gather_normalize_reference(x, idx, MEAN, STD))
+    ds = torch.utils.data.TensorDataset(x, y)
+    dl0 = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, pin_memory=True)
+    dl2 = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=2, pin_memory=True,
+                                      persistent_workers=True)
+
+    def on_gpu(batch):  # the torch way: uint8 over PCIe, normalize on the device
+        xb, yb = batch
+        return (xb.to(dev, non_blocking=True).float() - mean) / std, yb.to(dev, non_blocking=True)
+
+    def hand_written():
+        perm = torch.randperm(n)
+        for i in range(0, n, BATCH):
+            j = perm[i : i + BATCH]
+            yield x[j].pin_memory(), y[j].pin_memory()
+
+    fns = {
+        "fasttrain": taker(forever(lambda: ft), k),
+        "fasttrain_bf16": taker(forever(lambda: ft16), k),
+        "dl0_pinned": taker(forever(lambda: dl0), k, on_gpu),
+        "dl2_pinned": taker(forever(lambda: dl2), k, on_gpu),
+        "hand_written_pinned": taker(forever(hand_written), k, on_gpu),
+    }
+    t = interleaved(fns, rounds=rounds, warmup=1, sync=torch.cuda.synchronize)
+    sps = {name: k * BATCH / t[name].median for name in fns}
+    result = {"device": torch.cuda.get_device_name(), **{f"{name}_samples_per_s": v for name, v in sps.items()}}
+    result.update({f"speedup_vs_{name}": sps["fasttrain"] / v for name, v in sps.items() if name != "fasttrain"})
+    benchmark.extra_info.update(result)
+    print(f"\nimages to {result['device']}, batch 256, normalized: samples/s "
+          + ", ".join(f"{name}: {v:,.0f}" for name, v in sps.items()))
+    print("fasttrain speedup: " + ", ".join(f"vs {name} {sps['fasttrain'] / v:.2f}x" for name, v in sps.items()
+                                            if name != "fasttrain"))
+    benchmark.pedantic(fns["fasttrain"], rounds=1 if smoke else 3, iterations=1)

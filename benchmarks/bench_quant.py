@@ -202,3 +202,49 @@ def test_exported_int8_vs_ort_quantize_dynamic(benchmark, smoke, mlp_setup, batc
           f"{', '.join(f'{g} {v:.1f} dB' for g, v in s['weights']['dynamic_sqnr_db'].items())}), static "
           f"{s['weights']['static']}")
     benchmark.pedantic(fns["export_dynamic"], rounds=1 if smoke else 11, iterations=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton kernels)")
+@pytest.mark.parametrize("batch", [1, 64])
+def test_quant_cuda(benchmark, smoke, batch):
+    """The Triton kernels on CUDA, bf16 activations: two 8192 x 8192 layers (134M params; smoke: 256-wide)
+    through fasttrain.quant.quantize (int8-weight, int8-dynamic, int4-weight, group 128) vs the same model
+    in bf16 (cuBLAS), interleaved, with weight GB/s against the GPU's copy bandwidth measured in the same
+    run. Each timed call runs the model REPS times, so launch latency is amortised as in a decode loop.
+    Guard: every quantized model's output against the bf16 model's (SQNR) before anything is timed."""
+    width = 256 if smoke else 8192
+    reps, rounds = (1, 1) if smoke else (20, 21)
+    base = mlp([width, width, width]).cuda()
+    models = {"bf16": copy.deepcopy(base).bfloat16()}
+    for scheme in ("int8-weight", "int8-dynamic", "int4-weight"):
+        models[scheme] = copy.deepcopy(base)
+        quantize(models[scheme], scheme, group_size=128)
+    del base
+    x = torch.randn(batch, width, device="cuda", dtype=torch.bfloat16)
+    min_db = {"int8-weight": 30.0, "int8-dynamic": 25.0, "int4-weight": 15.0}
+    with torch.no_grad():
+        ref = models["bf16"](x).float()
+        sqnr = {k: float(20 * torch.log10(ref.norm() / (ref - models[k](x).float()).norm())) for k in min_db}
+    assert all(sqnr[k] >= min_db[k] for k in min_db), sqnr
+    nbytes = {"bf16": 2 * 2 * width * width,
+              **{k: sum(m.weight_bytes() for m in models[k] if hasattr(m, "weight_bytes")) for k in min_db}}
+    src = torch.empty(1 << 28, device="cuda")
+    dst = torch.empty_like(src)
+    fns = {k: (lambda m=m: [m(x) for _ in range(reps)]) for k, m in models.items()}
+    fns["copy"] = lambda: dst.copy_(src)
+    with torch.no_grad():
+        t = interleaved(fns, rounds=rounds, warmup=0 if smoke else 3, sync=torch.cuda.synchronize)
+    copy_gbps = 2 * src.numel() * 4 / t["copy"].median / 1e9
+    us = {k: t[k].median / reps * 1e6 for k in models}
+    gbps = {k: nbytes[k] / (us[k] / 1e6) / 1e9 for k in models}
+    result = {"batch": batch, "width": width, "device": torch.cuda.get_device_name(), "copy_gbps": copy_gbps,
+              **{f"{k}_us": v for k, v in us.items()}, **{f"{k}_weight_gbps": v for k, v in gbps.items()},
+              **{f"{k}_vs_bf16": us["bf16"] / us[k] for k in min_db}, **{f"{k}_sqnr_db": v for k, v in sqnr.items()}}
+    benchmark.extra_info.update(result)
+    print(f"\nCUDA quantized linears, 2 x {width}-wide, batch {batch}, bf16 x, {result['device']} (copy "
+          f"{copy_gbps:.0f} GB/s): " + "; ".join(
+              f"{k} {us[k]:.1f} us ({gbps[k]:.0f} GB/s weights" + (f", {us['bf16'] / us[k]:.2f}x bf16, "
+                                                                   f"{sqnr[k]:.1f} dB)" if k in min_db else ")")
+              for k in models))
+    with torch.no_grad():
+        benchmark.pedantic(models["int8-weight"], args=(x,), rounds=1 if smoke else 11, iterations=1)

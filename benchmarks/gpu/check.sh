@@ -1,20 +1,38 @@
 #!/usr/bin/env bash
-# One-shot GPU check, for a session that is lent a GPU machine (see DEVELOPERS' guide: device tool).
-# Builds fasttrain there (no registry: --no-build-isolation against the machine's torch/triton),
-# runs the tests on CUDA (Triton kernels for real, not the interpreter) and the CUDA benchmarks,
-# and writes everything under $OUT. Usage on the device: bash benchmarks/gpu/check.sh
+# One-shot GPU check, for a session that is lent a GPU machine (see the developers' guide: device tool).
+# Builds fasttrain there (no registry: --no-build-isolation --no-deps against the machine's torch/triton),
+# runs the CUDA tests (Triton kernels compiled for real, not the interpreter; tests/gpu end to end) and the
+# CUDA benchmarks, and writes everything under $OUT (at most 8 files come back: log, tests, bench, 4 JSON).
+# Usage on the device: bash benchmarks/gpu/check.sh     Before spending GPU time, compile every kernel for
+# sm_90 here: TRITON_INTERPRET=0 python benchmarks/gpu/aot_compile.py
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-{ nvidia-smi; python -c "import torch, triton; print(torch.__version__, triton.__version__)"; } > "$OUT/env.txt" 2>&1
-pip install --no-build-isolation -q . > "$OUT/build.txt" 2>&1 || { tail -50 "$OUT/build.txt"; exit 1; }
+export PYTHONUNBUFFERED=1
+LOG="$OUT/log.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; nproc; } > "$LOG" 2>&1
+t0=$SECONDS
+pip install --no-build-isolation --no-deps -q . >> "$LOG" 2>&1 || { tail -50 "$LOG"; exit 1; }
+echo "build: $((SECONDS - t0)) s" | tee -a "$LOG"
 # `pytest` (not `python -m pytest`): the source folder must not shadow the installed package.
-timeout 240 pytest -q -x tests/kernels tests/ops tests/optim/test_adamw_triton.py -p no:cacheprovider 2>&1 \
-  | tail -40 > "$OUT/tests.txt"
-timeout 240 pytest -q -s benchmarks/bench_grad_norm.py -k cuda -p no:cacheprovider \
-  --benchmark-json "$OUT/grad_norm-gpu.json" 2>&1 | tail -40 > "$OUT/bench.txt"
-# AdamW on 1B params: the op (fp32 vs torch fused + copy bandwidth; bf16 + masters vs torch's way) and
-# the optimizer class (the same, through fasttrain.optim.AdamW's device-side step).
-timeout 300 pytest -q -s benchmarks/bench_adamw.py -k cuda -p no:cacheprovider \
-  --benchmark-json "$OUT/adamw-gpu.json" 2>&1 | tail -40 > "$OUT/bench_adamw.txt"
-cat "$OUT/tests.txt" "$OUT/bench.txt" "$OUT/bench_adamw.txt"
+# -n 8 (pytest-xdist): the Triton compiles of a cold cache run in parallel processes.
+t0=$SECONDS
+timeout 170 pytest -q -n 8 -p no:cacheprovider -rfE tests/gpu tests/kernels tests/optim/test_adamw_triton.py \
+  2>&1 | tee "$OUT/tests.txt" | tail -25
+echo "tests: $((SECONDS - t0)) s" | tee -a "$LOG"
+BENCH="$OUT/bench.txt"
+bench() {  # name, timeout, pytest args...
+  local name=$1 limit=$2
+  shift 2
+  t0=$SECONDS
+  timeout "$limit" pytest -q -s -p no:cacheprovider --benchmark-json "$OUT/$name.json" "$@" 2>&1 \
+    | grep -v "^\s*$" | tee -a "$BENCH" | grep -E "speedup|GB/s|samples/s|passed|failed|Error" | cut -c1-400
+  echo "$name: $((SECONDS - t0)) s" | tee -a "$LOG"
+}
+# AdamW on 1B params: the op (fp32 vs torch fused + copy bandwidth; bf16 + masters vs torch's way) and the
+# optimizer class (through fasttrain.optim.AdamW's device-side step); then the grad-norm kernels.
+bench adamw-gpu 110 benchmarks/bench_adamw.py -k cuda
+bench quant-gpu 70 benchmarks/bench_quant.py -k cuda
+bench loader-gpu 70 benchmarks/bench_loader.py -k cuda
+bench grad_norm-gpu 50 benchmarks/bench_grad_norm.py -k cuda

@@ -196,7 +196,9 @@ class Trainer:
         if isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data):
             from fasttrain.data import Loader  # the fused loader: exact resume, order a pure function of the seed
 
-            return Loader(data, self.batch_size, shuffle=shuffle, seed=self.seed)
+            # On CUDA the loader fills pinned buffers and copies each batch asynchronously (no host wait).
+            device = self.device if self.device.type == "cuda" else None
+            return Loader(data, self.batch_size, shuffle=shuffle, seed=self.seed, device=device)
         if not hasattr(data, "__iter__"):
             raise TypeError(f"Trainer: data must be a loader, an iterable of batches or a tuple of tensors, got {type(data).__name__}")
         return data
