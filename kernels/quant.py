@@ -33,16 +33,32 @@ def _tiles(M: int) -> dict:
 
 
 @triton.jit
+def _w8_tile(w_ptr, pn, k0, Kp, NBLK, NB: tl.constexpr, BK: tl.constexpr):
+    """The (BK, NB * 16) tile W[k0 : k0 + BK, pn * NB * 16 : ...] of the VNNI-blocked int8 layout
+    (Np / 16, Kp / 4, 16, 4). Loaded in the layout's own order, so the addresses are affine in every
+    index (64 contiguous bytes per (column block, k quad)) and the loads vectorize; the permute to
+    (k, n) then happens in registers / shared memory. Out-of-range blocks and quads read 0."""
+    nb = pn * NB + tl.arange(0, NB)
+    quad = k0 // 4 + tl.arange(0, BK // 4)
+    off = ((nb[:, None, None, None] * (Kp // 4) + quad[None, :, None, None]) * 64
+           + tl.arange(0, 16)[None, None, :, None] * 4 + tl.arange(0, 4)[None, None, None, :])
+    ok = (nb[:, None, None, None] < NBLK) & (quad[None, :, None, None] < Kp // 4)
+    w = tl.load(w_ptr + off, mask=ok, other=0)  # (NB, BK / 4, 16, 4): [block, quad, n % 16, k % 4]
+    return tl.reshape(tl.permute(w, (1, 3, 0, 2)), (BK, NB * 16))  # [quad, k % 4, block, n % 16]
+
+
+@triton.jit
 def _w8_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, M, N, Kp, HAS_BIAS: tl.constexpr, INT_DOT: tl.constexpr,
                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    # Every product is exact, as in the C++ kernels: int8 x int8 -> int32; fp16/bf16 x times int8
-    # weights (|q| <= 127, exact in both) on the tensor cores with fp32 accumulation; fp32 x in full
-    # fp32 ("ieee"): Triton's default on NVIDIA is TF32, ~1e-3 relative error, which torch's own
-    # fp32 F.linear does not have (rule: no worse than torch in the same dtype).
+    # Products are exact, as in the C++ kernels: int8 x int8 -> int32 on the tensor cores; fp16/bf16 x
+    # times int8 weights (|q| <= 127 is exact in both) with fp32 accumulation; fp32 x as "tf32x3" (x split
+    # into two TF32 parts, 22 bits; the weights are exact in TF32). Triton's default for fp32 on NVIDIA is
+    # plain TF32 (~1e-3 relative error), which torch's fp32 F.linear does not have.
     pm, pn = tl.program_id(0), tl.program_id(1)
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
+    nblk = (N + 15) // 16
     if INT_DOT:
         acc = tl.zeros((BM, BN), dtype=tl.int32)
     else:
@@ -50,13 +66,11 @@ def _w8_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, M, N, Kp, HAS_BIAS: tl.
     for k0 in range(0, Kp, BK):
         kk = k0 + rk
         x = tl.load(x_ptr + rm[:, None] * Kp + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < Kp), other=0)
-        # VNNI-blocked int8 layout (Np / 16, Kp / 4, 16, 4): W[n, k] at ((n // 16) Kp / 4 + k // 4) 64 + (n % 16) 4 + k % 4
-        w_off = ((rn[None, :] // 16) * (Kp // 4) + kk[:, None] // 4) * 64 + (rn[None, :] % 16) * 4 + kk[:, None] % 4
-        w = tl.load(w_ptr + w_off, mask=(rn[None, :] < N) & (kk[:, None] < Kp), other=0)  # (BK, BN)
+        w = _w8_tile(w_ptr, pn, k0, Kp, nblk, BN // 16, BK)
         if INT_DOT:
             acc += tl.dot(x, w)
         elif x.dtype == tl.float32:
-            acc += tl.dot(x, w.to(tl.float32), input_precision="ieee")
+            acc += tl.dot(x, w.to(tl.float32), input_precision="tf32x3")
         else:
             acc += tl.dot(x, w.to(x.dtype))
     scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0)[None, :]
@@ -71,29 +85,83 @@ def _w8_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, M, N, Kp, HAS_BIAS: tl.
 @triton.jit
 def _w4_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, Kp, G, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # Blocked int4 (Np / 16, Kp / 8, 16, 4): byte [block, octet, j, l] holds W[16 block + j, 8 octet + l] in its
+    # low nibble and W[..., 8 octet + 4 + l] in its high nibble. One affine, vectorized load of BK / 2 bytes per
+    # column; the low nibbles are the k's with k % 8 < 4 ("a"), the high ones the rest ("b"), each multiplied
+    # by the matching half of x. BK divides GROUP (the wrapper sees to it), so a tile has one scale per
+    # column: the integer weights (exact in TF32) are dotted first and scaled once per tile, like the C++
+    # kernels' exact integer group sums. x holds 16-bit activation levels: "tf32x3" keeps them (TF32: 11 bits).
     pm, pn = tl.program_id(0), tl.program_id(1)
+    NB: tl.constexpr = BN // 16
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
+    nb = pn * NB + tl.arange(0, NB)
+    nblk = (N + 15) // 16
+    # x columns of the low / high nibbles: k = k0 + 8 o + l and k0 + 8 o + 4 + l, as (BM, BK / 8, 4) -> (BM, BK / 2)
+    o = tl.arange(0, BK // 8)[None, :, None]
+    lane = tl.arange(0, 4)[None, None, :]
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, Kp, BK):
-        kk = k0 + rk
-        x = tl.load(x_ptr + rm[:, None] * Kp + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < Kp),
-                    other=0.0).to(tl.float32)
-        # blocked int4 (Np / 16, Kp / 8, 16, 4): W[n, k] in byte ((n // 16) Kp / 8 + k // 8) 64 + (n % 16) 4 + k % 4,
-        # low nibble for k % 8 < 4, high nibble otherwise
-        byte = ((rn[None, :] // 16) * (Kp // 8) + kk[:, None] // 8) * 64 + (rn[None, :] % 16) * 4 + kk[:, None] % 4
-        shift = ((kk % 8) // 4) * 4
-        b = tl.load(w_ptr + byte, mask=(rn[None, :] < N) & (kk[:, None] < Kp), other=8)
-        q = ((b.to(tl.int32) >> shift[:, None]) & 15) - 8
-        # blocked scales (Np / 16, G, 16): scale of W[n, group g] at ((n // 16) G + g) 16 + n % 16
-        s_off = ((rn[None, :] // 16) * G + (kk // GROUP)[:, None]) * 16 + rn[None, :] % 16
-        s = tl.load(s_ptr + s_off, mask=(rn[None, :] < N) & (kk[:, None] < Kp), other=0.0)
-        # x holds 16-bit activation levels times their scale: "ieee", not TF32 (11 bits), keeps them.
-        acc += tl.dot(x, q.to(tl.float32) * s.to(tl.float32), input_precision="ieee")
+        octet = k0 // 8 + tl.arange(0, BK // 8)
+        off = ((nb[:, None, None, None] * (Kp // 8) + octet[None, :, None, None]) * 64
+               + tl.arange(0, 16)[None, None, :, None] * 4 + tl.arange(0, 4)[None, None, None, :])
+        ok = (nb[:, None, None, None] < nblk) & (octet[None, :, None, None] < Kp // 8)
+        byte = tl.load(w_ptr + off, mask=ok, other=0x88).to(tl.int32)  # (NB, BK / 8, 16, 4); 8 is q = 0
+        qa = tl.reshape(tl.permute((byte & 15) - 8, (1, 3, 0, 2)), (BK // 2, BN)).to(tl.float32)
+        qb = tl.reshape(tl.permute((byte >> 4) - 8, (1, 3, 0, 2)), (BK // 2, BN)).to(tl.float32)
+        ka = k0 + o * 8 + lane
+        xmask = (rm[:, None, None] < M) & (ka < Kp)
+        xa = tl.reshape(tl.load(x_ptr + rm[:, None, None] * Kp + ka, mask=xmask, other=0.0), (BM, BK // 2))
+        xb = tl.reshape(tl.load(x_ptr + rm[:, None, None] * Kp + ka + 4, mask=xmask, other=0.0), (BM, BK // 2))
+        part = tl.dot(xa, qa, input_precision="tf32x3") + tl.dot(xb, qb, input_precision="tf32x3")
+        # blocked scales (Np / 16, G, 16): group g of column block b at (b G + g) 16
+        s_off = (nb[:, None] * G + k0 // GROUP) * 16 + tl.arange(0, 16)[None, :]
+        s = tl.reshape(tl.load(s_ptr + s_off, mask=nb[:, None] < nblk, other=0.0), (BN,)).to(tl.float32)
+        acc += part * s[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
     tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
+def _rows_kernel(x_ptr, out_ptr, r_ptr, K, Kp, QMAX: tl.constexpr, LEVELS: tl.constexpr, BLOCK: tl.constexpr):
+    """Per-token quantization of one row of x (M, K) into the kernels' zero-padded (M, Kp) operand, in one
+    launch instead of a dozen torch ops: amax = max|x|, inv = QMAX / amax (0 for an all-zero row),
+    level = round_half_even(x * inv) clamped to +-QMAX; r[row] = amax / QMAX. LEVELS: write the levels as
+    int8 (the int8-dynamic operand), else level * r in fp32 (the int4 path's 16-bit activations). The
+    divisions are correctly rounded (tl.div_rn; "/" is approximate on NVIDIA) and the kernel is compiled
+    without FMA contraction, so every value equals fasttrain.ops.reference.quantize_per_token*_reference."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK):
+        x = tl.load(x_ptr + row * K + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(x))
+    amax_row = tl.max(amax, axis=0)
+    q_max = tl.full((), QMAX, tl.float32)
+    inv = tl.where(amax_row > 0, tl.div_rn(q_max, tl.where(amax_row > 0, amax_row, 1.0)), 0.0)
+    r = tl.div_rn(amax_row, q_max)
+    tl.store(r_ptr + row, r)
+    for k0 in range(0, Kp, BLOCK):
+        k = k0 + offs
+        x = tl.load(x_ptr + row * K + k, mask=k < K, other=0.0).to(tl.float32)
+        v = x * inv
+        level = (v + 12582912.0) - 12582912.0  # 1.5 * 2^23: rounds |v| < 2^22 half to even in fp32
+        level = tl.minimum(tl.maximum(level, -QMAX), QMAX)
+        if LEVELS:
+            tl.store(out_ptr + row * Kp + k, level.to(tl.int8), mask=k < Kp)
+        else:
+            tl.store(out_ptr + row * Kp + k, level * r, mask=k < Kp)
+
+
+def _quantize_rows(x: torch.Tensor, Kp: int, qmax: int, levels: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) -> (operand (M, Kp) int8 levels or fp32 level * scale, scale (M,) fp32), one launch."""
+    M, K = x.shape
+    out = torch.empty((M, Kp), dtype=torch.int8 if levels else torch.float32, device=x.device)
+    r = torch.empty(M, dtype=torch.float32, device=x.device)
+    if M:
+        _rows_kernel[(M,)](x, out, r, K, Kp, QMAX=qmax, LEVELS=levels, BLOCK=1024, enable_fp_fusion=False)
+    return out, r
 
 
 def _pad(x: torch.Tensor, Kp: int) -> torch.Tensor:
@@ -119,16 +187,11 @@ def int8_dynamic_linear(x, w_q, w_scale, bias=None):
     """Per-token int8 activations (same arithmetic as fasttrain.ops.reference.quantize_per_token_reference),
     int8 x int8 -> int32 dot. Shapes as int8_weight_linear; returns x.dtype."""
     M, N, Kp = x.shape[0], w_scale.shape[0], 4 * w_q.shape[1]
-    xf = x.float()
-    amax = xf.abs().amax(dim=1)
-    # torch.full_like(...) / amax, not 127.0 / amax: a Python number over a tensor is computed as
-    # reciprocal(amax) * 127, one rounding more than the kernels' correctly rounded fp32 division.
-    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
-    q = torch.round(xf * inv[:, None]).clamp_(-127, 127).to(torch.int8)
+    q, r = _quantize_rows(x, Kp, 127, levels=True)
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
     t = _tiles(M)
-    _w8_kernel[_grid(M, N, t)](_pad(q, Kp), w_q, w_scale, amax / 127.0, bias if bias is not None else w_scale, y, M,
-                               N, Kp, HAS_BIAS=bias is not None, INT_DOT=True, **t)
+    _w8_kernel[_grid(M, N, t)](q, w_q, w_scale, r, bias if bias is not None else w_scale, y, M, N, Kp,
+                               HAS_BIAS=bias is not None, INT_DOT=True, **t)
     return y.to(x.dtype)
 
 
@@ -140,11 +203,10 @@ def int4_weight_linear(x, w_packed, w_scale, group_size, bias=None, out_features
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
     # Activations quantized per token to 16 bits, as the C++ kernels (fasttrain.ops.reference.
     # quantize_per_token_int16_reference: qmax 32639), then used dequantized.
-    xf = x.float()
-    amax = xf.abs().amax(dim=1)
-    inv = torch.where(amax > 0, torch.full_like(amax, 32639.0) / amax, torch.zeros_like(amax))
-    xr = torch.round(xf * inv[:, None]).clamp_(-32639, 32639) * (amax / 32639.0)[:, None]
+    xr, _ = _quantize_rows(x, Kp, 32639, levels=False)
     t = _tiles(M)
-    _w4_kernel[_grid(M, N, t)](_pad(xr, Kp), w_packed, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
+    while group_size % t["BK"]:  # a tile must not straddle two groups (group_size is a multiple of 64)
+        t["BK"] //= 2
+    _w4_kernel[_grid(M, N, t)](xr, w_packed, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
                                Kp // group_size, GROUP=group_size, HAS_BIAS=bias is not None, **t)
     return y.to(x.dtype)

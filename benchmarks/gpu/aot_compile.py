@@ -62,7 +62,7 @@ def _launcher(fn: JITFunction, target: GPUTarget):
                 consts[(p.num,)] = constexprs.get(p.name, p.default)
             else:
                 signature[p.name] = _sig(bound[p.name])
-        options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+        options = {k: kwargs[k] for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
         key = (fn.__name__, tuple(signature.items()), tuple(sorted((k, repr(v)) for k, v in consts.items())),
                tuple(sorted(options.items())))
         if key not in compiled:
@@ -138,8 +138,7 @@ def _quant_cases(case, grad_norm, optim, quant):
     K, N = 200, 33
     w = torch.randn(N, K)
     w8, s8, _ = ops_quant.quantize_int8_weight(w)
-    w4, s4 = ops_quant.quantize_int4_weight(w, 64)
-    s4b = s4.bfloat16()
+    int4 = {g: ops_quant.quantize_int4_weight(w, g) for g in (64, 128, 256)}  # group size picks the K step
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for M in (1, 33, 70):  # one per tile shape (kernels.quant._tiles)
             x = torch.randn(M, K, dtype=dtype)
@@ -147,9 +146,10 @@ def _quant_cases(case, grad_norm, optim, quant):
                 tag = f"{dtype} M={M} bias={bias is not None}"
                 case(f"int8_weight_linear {tag}", lambda: quant.int8_weight_linear(x, w8, s8, bias))
                 case(f"int8_dynamic_linear {tag}", lambda: quant.int8_dynamic_linear(x, w8, s8, bias))
-                for s in (s4, s4b):
-                    case(f"int4_weight_linear {tag} scales {s.dtype}",
-                         lambda: quant.int4_weight_linear(x, w4, s, 64, bias, out_features=N))
+                for g, (w4, s4) in int4.items():
+                    for s in (s4, s4.bfloat16()):
+                        case(f"int4_weight_linear {tag} group {g} scales {s.dtype}",
+                             lambda: quant.int4_weight_linear(x, w4, s, g, bias, out_features=N))
 
 
 CASES = [_adamw_cases, _grad_norm_cases, _quant_cases]

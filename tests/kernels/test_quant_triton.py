@@ -66,13 +66,35 @@ def test_int8_dynamic(dtype, M, K, N):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_int4_weight(dtype, M, K, N, scale_dtype):
+@pytest.mark.parametrize("group", [64, 256])  # the kernel's K step shrinks to divide the group (kernels.quant)
+def test_int4_weight(dtype, M, K, N, scale_dtype, group):
     x, w, b = make(M, K, N, dtype)
-    w_packed, w_scale = quantize_int4_weight(w, 64, scale_dtype)
+    w_packed, w_scale = quantize_int4_weight(w, group, scale_dtype)
     if DEVICE == "cpu" and scale_dtype == torch.bfloat16:
         w_scale_k = w_scale.float()  # the interpreter has no bf16 loads; the scale values are identical
     else:
         w_scale_k = w_scale
-    y = tq.int4_weight_linear(*on(x, w_packed, w_scale_k), 64, *on(b), N)
-    ref = int4_weight_linear_reference(x.float(), w_packed, w_scale, 64, b, N)
+    y = tq.int4_weight_linear(*on(x, w_packed, w_scale_k), group, *on(b), N)
+    ref = int4_weight_linear_reference(x.float(), w_packed, w_scale, group, b, N)
     torch.testing.assert_close(y.float().cpu(), ref, **tol(dtype))
+
+
+@pytest.mark.parametrize("K", [1, 130, 2049])  # 2049: more than one 1024-wide block per row
+def test_row_quantization_is_bit_exact(K):
+    """The fused per-token prologue (one launch) against the references, bit for bit: levels, scales,
+    zero padding, an all-zero row, and exact .5 ties (round half to even)."""
+    from fasttrain.ops.reference import quantize_per_token_int16_reference, quantize_per_token_reference
+
+    g = torch.Generator().manual_seed(K)
+    x = torch.randn(5, K, generator=g)
+    x[1] = 0.0
+    x[2, : min(K, 4)] = torch.tensor([127.0, 0.5, 1.5, -2.5])[: min(K, 4)]  # x * 127 / 127 = x: ties
+    Kp = (K + 63) // 64 * 64
+    q, r = tq._quantize_rows(*on(x), Kp, 127, levels=True)
+    q_ref, r_ref = quantize_per_token_reference(x)
+    assert torch.equal(q[:, :K].cpu(), q_ref) and torch.equal(r.cpu(), r_ref)
+    assert not q[:, K:].any()
+    xr, r16 = tq._quantize_rows(*on(x), Kp, 32639, levels=False)
+    q16, s16 = quantize_per_token_int16_reference(x)
+    assert torch.equal(r16.cpu(), s16)
+    assert torch.equal(xr[:, :K].cpu(), q16.float() * s16[:, None]) and not xr[:, K:].any()
