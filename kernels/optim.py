@@ -203,3 +203,78 @@ def adamw_int8_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, 
         1.0 - beta2, 1.0 / bc2_sqrt, eps, -(lr / bc1), grad_scale, MAXIMIZE=bool(maximize), LOW_W=omb1 < 0.5,
         BLOCK=INT8_BLOCK,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# SGD and Lion (fasttrain.optim.SGD / Lion on CUDA): one launch over a flat fp32 buffer, the same
+# operations and FMAs as the C++ kernels (csrc/optim/optim_elem.h: sgd_elem, lion_elem), which follow
+# torch's CPU ops (Tensor.add(alpha) is one FMA there). Neither has a step-dependent scalar, so the
+# host passes plain floats (no sync).
+
+__all__ += ["sgd_", "lion_"]
+
+
+@triton.jit
+def _sgd_kernel(p_ptr, g_ptr, b_ptr, n, lr, momentum, omd, wd, MOMENTUM: tl.constexpr, FIRST: tl.constexpr,
+                NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, WD: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0)
+    if MAXIMIZE:
+        g = -g
+    if WD:
+        g = tl.fma(p, wd, g)
+    if MOMENTUM:
+        if FIRST:  # torch's first step: the buffer becomes the gradient
+            buf = g
+        else:
+            buf = tl.fma(g, omd, tl.load(b_ptr + offs, mask=mask, other=0.0) * momentum)
+        tl.store(b_ptr + offs, buf, mask=mask)
+        if NESTEROV:
+            g = tl.fma(buf, momentum, g)
+        else:
+            g = buf
+    tl.store(p_ptr + offs, tl.fma(g, -lr, p), mask=mask)
+
+
+@triton.jit
+def _lion_kernel(p_ptr, g_ptr, m_ptr, n, lr, decay, beta1, omb1, beta2, omb2, MAXIMIZE: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
+    if MAXIMIZE:
+        g = -g
+    c = tl.fma(g, omb1, m * beta1)
+    s = (c > 0).to(tl.float32) - (c < 0).to(tl.float32)  # as the C++ kernels (torch.sign on CPU): sign(NaN) = 0
+    tl.store(p_ptr + offs, tl.fma(s, -lr, p * decay), mask=mask)
+    tl.store(m_ptr + offs, tl.fma(g, omb2, m * beta2), mask=mask)
+
+
+def sgd_(param: torch.Tensor, grad: torch.Tensor, momentum_buffer: torch.Tensor | None, *, lr: float, momentum: float,
+         dampening: float, weight_decay: float, nesterov: bool, maximize: bool, first: bool) -> None:
+    """One SGD step in place on flat contiguous fp32 buffers (param, grad, momentum_buffer: (N,); the
+    buffer is required iff momentum != 0; first: it holds no history yet). Arguments as sgd_reference."""
+    n = param.numel()
+    if n == 0:
+        return
+    buf = momentum_buffer if momentum != 0 else param  # a valid pointer the kernel never touches
+    _sgd_kernel[(triton.cdiv(n, BLOCK),)](
+        param, grad, buf, n, lr, momentum, 1.0 - dampening, weight_decay, MOMENTUM=momentum != 0, FIRST=bool(first),
+        NESTEROV=bool(nesterov), MAXIMIZE=bool(maximize), WD=weight_decay != 0, BLOCK=BLOCK,
+    )
+
+
+def lion_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, *, lr: float, beta1: float, beta2: float,
+          weight_decay: float, maximize: bool) -> None:
+    """One Lion step in place on flat contiguous fp32 buffers (N,). Arguments as lion_reference."""
+    n = param.numel()
+    if n == 0:
+        return
+    _lion_kernel[(triton.cdiv(n, BLOCK),)](
+        param, grad, exp_avg, n, lr, 1.0 - lr * weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+        MAXIMIZE=bool(maximize), BLOCK=BLOCK,
+    )

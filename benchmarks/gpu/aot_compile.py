@@ -120,6 +120,14 @@ def _adamw_cases(case, grad_norm, optim, quant):
     nb = (n + 255) // 256
     qm, qv = torch.zeros(n, dtype=torch.int8), torch.zeros(n, dtype=torch.uint8)
     sm, sv = torch.zeros(nb), torch.zeros(nb)
+    for momentum, nesterov, wd, first in ((0.0, False, 0.0, False), (0.9, False, 0.01, True), (0.9, True, 0.0, False)):
+        b = torch.zeros(n)
+        case(f"sgd_ momentum={momentum} nesterov={nesterov} wd={wd} first={first}",
+             lambda: optim.sgd_(p, g, b, lr=0.1, momentum=momentum, dampening=0.0, weight_decay=wd,
+                                nesterov=nesterov, maximize=False, first=first))
+    for maximize in (False, True):
+        case(f"lion_ maximize={maximize}", lambda: optim.lion_(p, g, torch.zeros(n), lr=1e-4, beta1=0.9, beta2=0.99,
+                                                                weight_decay=0.1, maximize=maximize))
     case("adamw_int8_", lambda: optim.adamw_int8_(p, g, qm, qv, sm, sv, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
                                                   weight_decay=0.01, step=3.0, maximize=False))
 

@@ -2,7 +2,7 @@
 # One-shot GPU check, for a session that is lent a GPU machine (see the developers' guide: device tool).
 # Builds fasttrain there (no registry: --no-build-isolation --no-deps against the machine's torch/triton),
 # runs the CUDA tests (Triton kernels compiled for real, not the interpreter; tests/gpu end to end) and the
-# CUDA benchmarks, and writes everything under $OUT (at most 8 files come back: log, tests, bench, 4 JSON).
+# CUDA benchmarks, and writes everything under $OUT (at most 8 files come back: log (build + tests), bench, 6 JSON).
 # Usage on the device: bash benchmarks/gpu/check.sh     Before spending GPU time, compile every kernel for
 # sm_90 here: TRITON_INTERPRET=0 python benchmarks/gpu/aot_compile.py
 set -uo pipefail
@@ -21,7 +21,7 @@ echo "build: $((SECONDS - t0)) s" | tee -a "$LOG"
 # pytest-benchmark warns under xdist, and the project turns warnings into errors.
 t0=$SECONDS
 timeout 170 python3 -P -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark -rfE tests/gpu tests/kernels tests/optim/test_adamw_triton.py \
-  2>&1 | tee "$OUT/tests.txt" | tail -25
+  2>&1 | tee -a "$LOG" | tail -25
 echo "tests: $((SECONDS - t0)) s" | tee -a "$LOG"
 BENCH="$OUT/bench.txt"
 bench() {  # name, timeout, pytest args...; CHECK_BENCH="quant grad_norm" runs only those (default: all)
@@ -38,4 +38,6 @@ bench() {  # name, timeout, pytest args...; CHECK_BENCH="quant grad_norm" runs o
 bench adamw-gpu 110 benchmarks/bench_adamw.py -k cuda
 bench quant-gpu 70 benchmarks/bench_quant.py -k cuda
 bench loader-gpu 70 benchmarks/bench_loader.py -k cuda
+bench sgd-gpu 60 benchmarks/bench_sgd.py -k cuda
+bench lion-gpu 60 benchmarks/bench_lion.py -k cuda
 bench grad_norm-gpu 100 benchmarks/bench_grad_norm.py -k "cuda and not noclip"

@@ -7,8 +7,8 @@ torch's single-tensor implementation, operation by operation, so results match
 `torch.optim.AdamW(foreach=False)` to a few ulp.
 
 CPU tensors run the C++ kernels (fasttrain._C.optim: ISA-dispatched, OpenMP). CUDA tensors run the
-Triton kernel in fasttrain.kernels.optim for AdamW (tested through the Triton interpreter only: no
-GPU was available when it was written); SGD and Lion have no CUDA kernel yet.
+Triton kernels in fasttrain.kernels.optim (AdamW timed on an H200; all of them tested through the Triton
+interpreter against the C++ kernels, see tests/kernels/test_optim_triton.py).
 fasttrain.optim.AdamW is the user-facing optimizer; these ops are its building blocks.
 """
 
@@ -416,7 +416,10 @@ def _(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, neste
 
 @_sgd_op.register_kernel("cuda")
 def _(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov, maximize, first):
-    raise NotImplementedError(f"{_SGD}: no CUDA kernel yet; use torch.optim.SGD(fused=True) for CUDA parameters")
+    from fasttrain.kernels import optim as triton_optim
+
+    triton_optim.sgd_(param, grad, momentum_buffer, lr=lr, momentum=momentum, dampening=dampening,
+                      weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, first=first)
 
 
 @torch.no_grad()
@@ -435,7 +438,7 @@ def sgd_step_(
 ) -> None:
     """One SGD step in place, as torch.optim.SGD(foreach=False) computes it.
 
-    param, grad (, momentum_buffer): same numel, fp32, contiguous, one CPU device, disjoint.
+    param, grad (, momentum_buffer): same numel, fp32, contiguous, one device (CPU or CUDA), disjoint.
     momentum_buffer: required iff momentum != 0; first=True on the first step (the buffer becomes grad).
     """
     lr, momentum, dampening, weight_decay = (float(x) for x in (lr, momentum, dampening, weight_decay))
@@ -472,7 +475,10 @@ def _(param, grad, exp_avg, lr, beta1, beta2, weight_decay, maximize):
 
 @_lion_op.register_kernel("cuda")
 def _(param, grad, exp_avg, lr, beta1, beta2, weight_decay, maximize):
-    raise NotImplementedError(f"{_LION}: no CUDA kernel yet; keep Lion's parameters on CPU")
+    from fasttrain.kernels import optim as triton_optim
+
+    triton_optim.lion_(param, grad, exp_avg, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                       maximize=maximize)
 
 
 @torch.no_grad()
@@ -489,7 +495,7 @@ def lion_step_(
 ) -> None:
     """One Lion step in place (fasttrain.ops.reference.lion_reference).
 
-    param, grad, exp_avg: same numel, fp32, contiguous, one CPU device, disjoint.
+    param, grad, exp_avg: same numel, fp32, contiguous, one device (CPU or CUDA), disjoint.
     """
     lr, beta1, beta2, weight_decay = (float(x) for x in (lr, beta1, beta2, weight_decay))
     _check_hparams(_LION, lr, beta1, beta2, 0.0, weight_decay, 1.0)

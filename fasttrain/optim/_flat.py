@@ -173,7 +173,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
     `_check_group(group)` and `_update(group, fg, idx, steps)`."""
 
     _flat: list[_FlatGroup]
-    _cuda_ok = False  # subclasses with a Triton update path (AdamW) accept CUDA parameters
+    _cuda_ok = False  # subclasses with a Triton update path accept CUDA parameters
+    # Whether _step_groups runs the Triton groups too, through _update (SGD, Lion: no device-side step
+    # scalars, so the host's `tries` counts are their step counts); AdamW steps them itself (_step_triton).
+    _triton_in_update = False
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
         self._flat = []
@@ -333,10 +336,15 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """The CPU groups' update (under no_grad: step's decorators). A subclass's step calls this
         directly: a second pass through the decorators costs more than a small model's update."""
         for group, fg in zip(self.param_groups, self._flat):
-            if fg is None or fg.triton:  # Triton groups were stepped by the subclass (AdamW._step_triton)
+            if fg is None or (fg.triton and not self._triton_in_update):  # stepped by the subclass (AdamW)
                 continue
             missing = self._sync(fg, self._keeps_grads(group, fg))
             if not missing and fg.uniform_step is not None:
+                if fg.triton:  # counts from the host's tries: the device steps are never read in a step
+                    self._update(group, fg, None, [float(fg.tries[0] + 1)])
+                    fg.tries = [t + 1 for t in fg.tries]
+                    fg.steps.add_(1.0)
+                    continue
                 step = fg.uniform_step + 1
                 self._update(group, fg, None, [float(step)])
                 fg.steps.add_(1.0)
@@ -344,10 +352,16 @@ class _FlatOptimizer(torch.optim.Optimizer):
             else:  # per-tensor fallback: torch semantics for params without a gradient
                 skip = set(missing)
                 idx = [i for i in range(len(fg.params)) if i not in skip]
-                for i in idx:
-                    fg.steps[i] += 1.0
-                steps = fg.steps.tolist()
-                self._update(group, fg, idx, [steps[i] for i in idx])
+                if fg.triton:
+                    for i in idx:
+                        fg.tries[i] += 1
+                        fg.steps[i : i + 1].add_(1.0)
+                    self._update(group, fg, idx, [float(fg.tries[i]) for i in idx])
+                else:
+                    for i in idx:
+                        fg.steps[i] += 1.0
+                    steps = fg.steps.tolist()
+                    self._update(group, fg, idx, [steps[i] for i in idx])
                 fg.refresh_uniform_step()
 
     @torch.compiler.disable

@@ -2,8 +2,10 @@
 
 SGD follows torch.optim.SGD (momentum, dampening, nesterov, weight_decay, maximize) operation by
 operation; Lion follows fasttrain.ops.reference.lion_reference (Chen et al. 2023). Storage and the
-swapped-grad contract are those of fasttrain/optim/_flat.py. Low-precision params are not supported
-by these two yet (TypeError); use AdamW for bf16/fp16 params.
+swapped-grad contract are those of fasttrain/optim/_flat.py. CPU groups run the C++ kernels
+(fasttrain.ops.sgd_step_ / lion_step_), CUDA groups one Triton launch over the flat buffers
+(fasttrain.kernels.optim.sgd_ / lion_; no host sync: neither update has a step-dependent scalar).
+Low-precision params are not supported by these two yet (TypeError); use AdamW for bf16/fp16 params.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ def _scalar(x: Any) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
+def _triton_op(name: str):
+    """fasttrain.kernels.optim.<name> (imported on first use: Triton is an optional dependency)."""
+    from fasttrain.kernels import optim as tk
+
+    return getattr(tk, name)
+
+
 def _fp32_only(name: str, group: dict[str, Any]) -> None:
     if group["params"] and group["params"][0].dtype != torch.float32:
         raise TypeError(f"fasttrain.optim.{name}: {group['params'][0].dtype} params are not supported yet (fp32 only); "
@@ -32,7 +41,7 @@ def _fp32_only(name: str, group: dict[str, Any]) -> None:
 class SGD(_FlatOptimizer):
     """SGD with momentum, same arguments and results as torch.optim.SGD(foreach=False).
 
-    params: fp32 CPU parameters that require grad, or param-group dicts. `foreach` and `fused` are
+    params: fp32 CPU or CUDA parameters that require grad (one device per group), or param-group dicts. `foreach` and `fused` are
     accepted and ignored (always fused); `differentiable=True` is not supported.
     """
 
@@ -67,6 +76,9 @@ class SGD(_FlatOptimizer):
                         maximize=maximize, foreach=None, differentiable=False, fused=None)
         super().__init__(params, defaults)
 
+    _cuda_ok = True
+    _triton_in_update = True
+
     def _check_group(self, group: dict[str, Any]) -> None:
         _fp32_only("SGD", group)
         if _scalar(group["lr"]) < 0.0:
@@ -84,19 +96,20 @@ class SGD(_FlatOptimizer):
             raise ValueError(f"Invalid learning rate: {kw['lr']}")
         if kw["momentum"] != 0:
             fg.state_buffer("momentum_buffer", torch.float32)
+        step = _triton_op("sgd_") if fg.triton else sgd_step_
         if idx is None:
-            sgd_step_(fg.param_buf, fg.grad_buf, fg.state_bufs.get("momentum_buffer"), first=steps[0] == 1, **kw)
+            step(fg.param_buf, fg.grad_buf, fg.state_bufs.get("momentum_buffer"), first=steps[0] == 1, **kw)
             return
         for i, s in zip(idx, steps):
             buf = fg.state_views["momentum_buffer"][i] if kw["momentum"] != 0 else None
-            sgd_step_(fg.param_views[i], fg.params[i].grad, buf, first=s == 1, **kw)
+            step(fg.param_views[i], fg.params[i].grad, buf, first=s == 1, **kw)
 
 
 class Lion(_FlatOptimizer):
     """Lion (EvoLved Sign Momentum, Chen et al. 2023). Defaults follow the paper's recommendation:
     lr 1e-4 (3-10x smaller than AdamW's), betas (0.9, 0.99), decoupled weight decay.
 
-    params: fp32 CPU parameters that require grad, or param-group dicts.
+    params: fp32 CPU or CUDA parameters that require grad (one device per group), or param-group dicts.
     """
 
     def __init__(
@@ -120,6 +133,9 @@ class Lion(_FlatOptimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
 
+    _cuda_ok = True
+    _triton_in_update = True
+
     def _check_group(self, group: dict[str, Any]) -> None:
         _fp32_only("Lion", group)
 
@@ -130,8 +146,9 @@ class Lion(_FlatOptimizer):
         b1, b2 = group["betas"]
         kw = dict(lr=_scalar(group["lr"]), beta1=b1, beta2=b2, weight_decay=group["weight_decay"],
                   maximize=group["maximize"])
+        step = _triton_op("lion_") if fg.triton else lion_step_
         if idx is None:
-            lion_step_(fg.param_buf, fg.grad_buf, fg.state_bufs["exp_avg"], **kw)
+            step(fg.param_buf, fg.grad_buf, fg.state_bufs["exp_avg"], **kw)
             return
         for i in idx:
-            lion_step_(fg.param_views[i], fg.params[i].grad, fg.state_views["exp_avg"][i], **kw)
+            step(fg.param_views[i], fg.params[i].grad, fg.state_views["exp_avg"][i], **kw)

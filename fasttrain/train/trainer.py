@@ -140,10 +140,12 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if isinstance(optimizer, torch.optim.Optimizer):
             return optimizer
-        cuda_adamw = optimizer == "adamw" and self.device.type == "cuda" and self.precision.optimizer_state != "int8"
-        if isinstance(optimizer, str) and self.device.type != "cpu" and not cuda_adamw:
-            # fasttrain's AdamW runs on CUDA (one Triton launch per group, no host sync); SGD/Lion and
-            # other accelerators are CPU-only so far: use torch's fused implementation there.
+        # fasttrain's optimizers run on CUDA (one Triton launch per group, no host sync): AdamW for every
+        # precision but int8 states, SGD/Lion for fp32 params. Elsewhere (other accelerators, or those
+        # combinations) torch's fused implementation runs, or a clear error says what to pass instead.
+        cuda_ok = (self.device.type == "cuda" and self.precision.optimizer_state != "int8"
+                   and (optimizer == "adamw" or (optimizer in ("sgd", "lion") and self.precision.params == torch.float32)))
+        if isinstance(optimizer, str) and self.device.type != "cpu" and not cuda_ok:
             if self.precision.master_weights or optimizer not in ("adamw", "sgd"):
                 raise ValueError(f"Trainer: optimizer={optimizer!r} with precision {self.precision} is CPU-only for "
                                  f"now; on {self.device.type} pass a torch optimizer or use precision='bf16-mixed'")

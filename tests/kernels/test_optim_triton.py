@@ -1,5 +1,5 @@
-"""Triton flat AdamW (fasttrain.kernels.optim) against the C++ path (fasttrain.ops.adamw_step_ on CPU)
-and fasttrain.ops.reference.adamw_reference. Without a GPU this runs on CPU tensors through
+"""Triton flat AdamW, SGD and Lion (fasttrain.kernels.optim) against the C++ paths (fasttrain.ops.*_step_ on CPU)
+and the references in fasttrain.ops.reference. Without a GPU this runs on CPU tensors through
 TRITON_INTERPRET=1 (set in tests/conftest.py): fp32 and fp16 params, small sizes."""
 
 import pytest
@@ -123,3 +123,43 @@ def test_triton_adamw_int8_matches_cpp(n, cfg):
             torch.testing.assert_close(t.cpu(), c, rtol=1e-6, atol=0, msg=name)
         else:  # ... and a code next to a rounding threshold by one step
             assert (t.cpu().int() - c.int()).abs().max() <= 1, name
+
+
+@pytest.mark.parametrize("n", [1, 7, 4099])
+@pytest.mark.parametrize("cfg", [dict(momentum=0.0), dict(momentum=0.9, dampening=0.1, weight_decay=0.01),
+                                 dict(momentum=0.9, nesterov=True, maximize=True), dict(momentum=0.9, first=True)],
+                         ids=["plain", "momentum-dampening-wd", "nesterov-maximize", "first"])
+def test_triton_sgd_matches_cpp_and_reference(n, cfg):
+    from fasttrain.ops import sgd_step_
+    from fasttrain.ops.reference import sgd_reference
+
+    p, g, buf = make(n, torch.float32)[:3]
+    kw = dict(lr=0.05, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False, first=False)
+    kw.update(cfg)
+    cpp, tri, ref = ([t.clone().to(dev) for t in (p, g, buf)] for dev in ("cpu", DEVICE, "cpu"))
+    sgd_step_(cpp[0], cpp[1], cpp[2] if kw["momentum"] else None, **kw)
+    tk.sgd_(tri[0], tri[1], tri[2] if kw["momentum"] else None, **kw)
+    sgd_reference(ref[0], ref[1], ref[2] if kw["momentum"] else None, **kw)
+    for name, c, t, r in zip(("param", "grad", "momentum_buffer"), cpp, tri, ref):
+        torch.testing.assert_close(t.cpu(), c, rtol=1e-6, atol=1e-9, msg=name)
+        torch.testing.assert_close(t.cpu(), r, rtol=1e-6, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("n", [1, 7, 4099])
+@pytest.mark.parametrize("cfg", [dict(), dict(weight_decay=0.1, maximize=True, beta1=0.5)], ids=["default", "wd-maximize"])
+def test_triton_lion_matches_cpp_and_reference(n, cfg):
+    from fasttrain.ops import lion_step_
+    from fasttrain.ops.reference import lion_reference
+
+    p, g, m = make(n, torch.float32)[:3]
+    g[0] = 0.0  # sign(0) = 0 when the momentum is 0 too
+    m[0] = 0.0
+    kw = dict(lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=0.0, maximize=False)
+    kw.update(cfg)
+    cpp, tri, ref = ([t.clone().to(dev) for t in (p, g, m)] for dev in ("cpu", DEVICE, "cpu"))
+    lion_step_(*cpp, **kw)
+    tk.lion_(*tri, **kw)
+    lion_reference(*ref, **kw)
+    for name, c, t, r in zip(("param", "grad", "exp_avg"), cpp, tri, ref):
+        torch.testing.assert_close(t.cpu(), c, rtol=1e-6, atol=1e-9, msg=name)
+        torch.testing.assert_close(t.cpu(), r, rtol=1e-6, atol=1e-9, msg=name)
