@@ -139,10 +139,18 @@ def _sqrt_code(x):
 
 @triton.jit
 def _adamw_int8_kernel(p_ptr, g_ptr, qm_ptr, qv_ptr, sm_ptr, sv_ptr, n, decay, omb1, beta2, omb2, ibc2, eps,
-                       neg_step, grad_mul, MAXIMIZE: tl.constexpr, LOW_W: tl.constexpr, BLOCK: tl.constexpr):
+                       neg_step, grad_mul, sc_ptr, MAXIMIZE: tl.constexpr, LOW_W: tl.constexpr,
+                       DEVICE_SCALARS: tl.constexpr, BLOCK: tl.constexpr):
     blk = tl.program_id(0)
     offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    if DEVICE_SCALARS:  # as in _adamw_kernel: the step scalars and the GradScaler skip flag from the device
+        decay = tl.load(sc_ptr + 0)
+        neg_step = tl.load(sc_ptr + 1)
+        ibc2 = tl.load(sc_ptr + 2)
+        grad_mul = tl.load(sc_ptr + 3)
+        n = tl.where(tl.load(sc_ptr + 4) == 0.0, n, 0)  # a skipped step writes nothing, the scales included
     mask = offs < n
+    live = blk.to(tl.int64) * BLOCK < n  # the block holds elements (false only in a skipped step)
     qm = tl.load(qm_ptr + offs, mask=mask, other=0).to(tl.float32)
     qv = tl.load(qv_ptr + offs, mask=mask, other=0).to(tl.float32)
     dm = tl.div_rn(tl.load(sm_ptr + blk), 16129.0)
@@ -171,8 +179,8 @@ def _adamw_int8_kernel(p_ptr, g_ptr, qm_ptr, qv_ptr, sm_ptr, sv_ptr, n, decay, o
     nan = tl.max(tl.where(t != t, 1, 0), axis=0) > 0
     am = tl.where(nan, float("nan"), am)
     sm = tl.where(nan, float("nan"), sm)
-    tl.store(sm_ptr + blk, am)
-    tl.store(sv_ptr + blk, sm)
+    tl.store(sm_ptr + blk, am, mask=live)
+    tl.store(sv_ptr + blk, sm, mask=live)
     mok = (am > 0.0) & (am < float("inf"))
     vok = (sm > 0.0) & (sm < float("inf"))
     cm = tl.where(mok, tl.div_rn(16129.0, tl.where(mok, am, 1.0)), 0.0)
@@ -200,8 +208,26 @@ def adamw_int8_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, 
     omb1 = 1.0 - beta1
     _adamw_int8_kernel[(triton.cdiv(n, INT8_BLOCK),)](
         param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, n, 1.0 - lr * weight_decay, omb1, beta2,
-        1.0 - beta2, 1.0 / bc2_sqrt, eps, -(lr / bc1), grad_scale, MAXIMIZE=bool(maximize), LOW_W=omb1 < 0.5,
-        BLOCK=INT8_BLOCK,
+        1.0 - beta2, 1.0 / bc2_sqrt, eps, -(lr / bc1), grad_scale, exp_avg_scale, MAXIMIZE=bool(maximize),
+        LOW_W=omb1 < 0.5, DEVICE_SCALARS=False, BLOCK=INT8_BLOCK,
+    )
+
+
+__all__ += ["adamw_int8_device_scalars_"]
+
+
+def adamw_int8_device_scalars_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                               exp_avg_scale: torch.Tensor, exp_avg_sq_scale: torch.Tensor, scalars: torch.Tensor, *,
+                               beta1: float, beta2: float, eps: float, maximize: bool) -> None:
+    """adamw_int8_ with the step-dependent scalars read from the device (the 5-element `scalars` of
+    adamw_device_scalars_): one launch, no host sync; a set skip flag leaves every buffer untouched."""
+    n = param.numel()
+    if n == 0:
+        return
+    omb1 = 1.0 - beta1
+    _adamw_int8_kernel[(triton.cdiv(n, INT8_BLOCK),)](
+        param, grad, exp_avg, exp_avg_sq, exp_avg_scale, exp_avg_sq_scale, n, 1.0, omb1, beta2, 1.0 - beta2, 1.0, eps,
+        0.0, 1.0, scalars, MAXIMIZE=bool(maximize), LOW_W=omb1 < 0.5, DEVICE_SCALARS=True, BLOCK=INT8_BLOCK,
     )
 
 

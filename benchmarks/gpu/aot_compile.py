@@ -130,6 +130,8 @@ def _adamw_cases(case, grad_norm, optim, quant):
                                                                 weight_decay=0.1, maximize=maximize))
     case("adamw_int8_", lambda: optim.adamw_int8_(p, g, qm, qv, sm, sv, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
                                                   weight_decay=0.01, step=3.0, maximize=False))
+    case("adamw_int8_device_scalars_", lambda: optim.adamw_int8_device_scalars_(
+        p, g, qm, qv, sm, sv, torch.zeros(5), beta1=0.9, beta2=0.999, eps=1e-8, maximize=False))
 
 
 def _grad_norm_cases(case, grad_norm, optim, quant):

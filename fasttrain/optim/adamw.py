@@ -55,8 +55,8 @@ class AdamW(_FlatOptimizer):
     and a step never syncs with the host: the step counts live on the device (state["step"] is a CUDA
     tensor, as in torch's fused optimizers), GradScaler's found_inf / scale and a tensor lr are read by
     the kernel, and max_grad_norm uses the device-side Triton norm. CUDA supports state_dtype
-    "fp32"/"bf16", master_weights and amsgrad; int8 states, stochastic_rounding and step_in_backward
-    are CPU-only (ValueError at construction).
+    "fp32"/"bf16"/"int8", master_weights and amsgrad; stochastic_rounding and step_in_backward are
+    CPU-only (ValueError at construction).
     master_weights: for bf16/fp16 params, keep fp32 master weights inside the optimizer (state
     "master"); the step updates the master and writes the rounded param in the same pass.
     state_dtype: "fp32" (default) or "bf16" for exp_avg / exp_avg_sq (computed in fp32, stored bf16), or
@@ -365,6 +365,8 @@ class AdamW(_FlatOptimizer):
         sc[3:4] = 1.0 if mul is None else mul
         sc[4:5] = 0.0 if skip is None else skip
         sc = sc.float()
+        if group["state_dtype"] == "int8":
+            return self._launch_int8(fg, i, sc, b1, b2, group)
         b = fg.state_bufs
         if i is None:
             bufs = (fg.param_buf, fg.grad_buf, b["exp_avg"], b["exp_avg_sq"], b.get("max_exp_avg_sq"), b.get("master"))
@@ -377,6 +379,29 @@ class AdamW(_FlatOptimizer):
             return self._launch(group, fg, i, mul, skip)
         tk.adamw_device_scalars_(*(t.reshape(-1) if t is not None else None for t in bufs), sc, beta1=b1, beta2=b2,
                                  eps=group["eps"], maximize=group["maximize"], amsgrad=group["amsgrad"])
+
+    def _launch_int8(self, fg: _FlatGroup, i: int | None, sc: torch.Tensor, b1: float, b2: float,
+                     group: dict[str, Any]) -> None:
+        """The Triton update of an int8 group (fasttrain/optim/_int8.py layout): the 8-bit segment and the
+        fp32 tail of small tensors, both reading the same device scalars (i: parameter i alone)."""
+        from fasttrain.kernels import optim as tk
+
+        st, kw = fg.int8, dict(beta1=b1, beta2=b2, eps=group["eps"], maximize=group["maximize"])
+        if i is None:
+            if st.n8:
+                tk.adamw_int8_device_scalars_(fg.param_buf[: st.n8], fg.grad_buf[: st.n8], st.m, st.v, st.m_scale,
+                                              st.v_scale, sc, **kw)
+            if fg.total > st.n8:
+                tk.adamw_device_scalars_(fg.param_buf[st.n8 :], fg.grad_buf[st.n8 :], st.m32, st.v32, None, None, sc,
+                                         amsgrad=False, **kw)
+            return
+        sv, p, g = st.views[i], fg.param_views[i].view(-1), fg.grad_views[i].view(-1)
+        if st.large[i]:
+            tk.adamw_int8_device_scalars_(p, g, sv["exp_avg"].view(-1), sv["exp_avg_sq"].view(-1), sv["exp_avg_scale"],
+                                          sv["exp_avg_sq_scale"], sc, **kw)
+        else:
+            tk.adamw_device_scalars_(p, g, sv["exp_avg"].view(-1), sv["exp_avg_sq"].view(-1), None, None, sc,
+                                     amsgrad=False, **kw)
 
     def _end_of_step(self, closure=None):
         """step() with step_in_backward=True: the updates already ran during backward; this marks the
@@ -432,9 +457,6 @@ class AdamW(_FlatOptimizer):
         dev = group["params"][0].device if group["params"] else torch.device("cpu")
         if _uses_triton(dev):
             where = f"on {dev}" if dev.type == "cuda" else "on the Triton backend"
-            if group["state_dtype"] == "int8":
-                raise ValueError(f"AdamW {where}: state_dtype='int8' is CPU-only so far; use state_dtype='fp32' or "
-                                 "'bf16' (with master_weights=True for bf16/fp16 params)")
             if group["stochastic_rounding"]:
                 raise ValueError(f"AdamW {where}: stochastic_rounding=True is CPU-only so far; use "
                                  "master_weights=True for bf16 params")

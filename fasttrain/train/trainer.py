@@ -141,10 +141,11 @@ class Trainer:
         if isinstance(optimizer, torch.optim.Optimizer):
             return optimizer
         # fasttrain's optimizers run on CUDA (one Triton launch per group, no host sync): AdamW for every
-        # precision but int8 states, SGD/Lion for fp32 params. Elsewhere (other accelerators, or those
+        # precision, SGD/Lion for fp32 params and states. Elsewhere (other accelerators, or those
         # combinations) torch's fused implementation runs, or a clear error says what to pass instead.
-        cuda_ok = (self.device.type == "cuda" and self.precision.optimizer_state != "int8"
-                   and (optimizer == "adamw" or (optimizer in ("sgd", "lion") and self.precision.params == torch.float32)))
+        cuda_ok = self.device.type == "cuda" and (
+            optimizer == "adamw" or (optimizer in ("sgd", "lion") and self.precision.params == torch.float32
+                                     and self.precision.optimizer_state == torch.float32))
         if isinstance(optimizer, str) and self.device.type != "cpu" and not cuda_ok:
             if self.precision.master_weights or optimizer not in ("adamw", "sgd"):
                 raise ValueError(f"Trainer: optimizer={optimizer!r} with precision {self.precision} is CPU-only for "

@@ -10,27 +10,13 @@ pytest.importorskip("triton", reason="Triton kernels need `pip install 'fasttrai
 from fasttrain.kernels import optim as tk  # noqa: E402
 from fasttrain.ops import adamw_step_  # noqa: E402
 from fasttrain.ops.reference import adamw_reference  # noqa: E402
+from _triton_fma import fma_is_exact  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _fma_is_exact() -> bool:
-    """Whether tl.fma rounds once here. It does on a GPU and in Triton >= 3.9's interpreter; Triton 3.8's
-    interpreter (what `pip install ".[test]"` gets next to torch 2.14.1) computes x * y + z in fp32 with
-    two roundings, so kernels that are bit-exact on hardware can differ by an ulp under it.
-    (1 + 2^-12)^2 - 1 = 2^-11 + 2^-24 exactly; rounding the product first drops the 2^-24."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def probe(x_ptr, out_ptr):
-        x = tl.load(x_ptr)
-        tl.store(out_ptr, tl.fma(x, x, -1.0))
-
-    x = torch.tensor([1.0 + 2.0**-12], device=DEVICE)
-    out = torch.empty(1, device=DEVICE)
-    probe[(1,)](x, out)
-    return out.item() == 2.0**-11 + 2.0**-24
+    return fma_is_exact(DEVICE)
 
 
 def make(n, pdt, seed=0):
