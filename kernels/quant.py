@@ -1,12 +1,15 @@
 """Triton quantized linear kernels (the CUDA path of fasttrain.ops.int8_* / int4_weight_linear).
 
 Same packed layouts as the C++ kernels (csrc/quant/quant.h), so one set of packed weights serves both
-devices. Each program computes a (BM, BN) output tile (sizes by batch: _tiles), walking K in BK steps:
-  int8 weight-only: dequantize the int8 tile to fp32 in registers, tl.dot in fp32, scale per channel at the end;
-  int8 dynamic:     activations quantized per token (torch ops on the device, no host sync), int8 tl.dot
-                    with int32 accumulation, both scales applied at the end;
-  int4 weight-only: activations quantized per token to 16 bits (as on CPU), gather each value's nibble from the
-                    blocked layout, subtract 8, multiply by its group's scale, tl.dot in fp32.
+devices. Each program computes a (BM, BN) output tile (sizes by batch: _tiles), walking K in BK steps,
+and loads each weight tile in the layout's own order (affine addresses, vectorized loads; the transpose to
+(k, n) happens in registers):
+  int8 weight-only: int8 weights times x in x's dtype (fp16/bf16 on the tensor cores, fp32 as tf32x3), fp32
+                    accumulation, the per-channel scale applied at the end;
+  int8 dynamic:     activations quantized per token by one fused launch (_rows_kernel), int8 x int8 dot with
+                    int32 accumulation, both scales applied at the end;
+  int4 weight-only: activations quantized per token to 16 bits (as on CPU, same fused launch), the low and
+                    high nibbles of each byte dotted with their halves of x, the group scale applied per tile.
 Inputs are validated by fasttrain.ops.quant; call these directly only with checked tensors.
 """
 
@@ -17,7 +20,6 @@ import triton
 import triton.language as tl
 
 __all__ = ["int8_weight_linear", "int8_dynamic_linear", "int4_weight_linear"]
-
 
 
 def _tiles(M: int) -> dict:
