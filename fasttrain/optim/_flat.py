@@ -52,6 +52,11 @@ _QBLOCK = 256  # elements per scale of 8-bit states (fasttrain.ops.reference.INT
 _BACKEND = os.environ.get("FASTTRAIN_OPTIM_BACKEND", "auto")
 
 
+def _scalar(x: Any) -> float:
+    """A hyperparameter as a Python float (a 1-element tensor lr is read; on CUDA that read is a sync)."""
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
 def _uses_triton(device: torch.device) -> bool:
     return device.type == "cuda" or _BACKEND == "triton"
 

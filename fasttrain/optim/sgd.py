@@ -16,13 +16,9 @@ from typing import Any
 import torch
 
 from fasttrain.ops.optim import lion_step_, sgd_step_
-from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer
+from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer, _scalar
 
 __all__ = ["SGD", "Lion"]
-
-
-def _scalar(x: Any) -> float:
-    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
 def _triton_op(name: str):

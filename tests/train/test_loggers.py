@@ -156,7 +156,7 @@ def test_slow_checkpoint_writes_never_block_training(tmp_path, monkeypatch):
     writer stuck, and the newest state lands once the writer moves on."""
     import threading
 
-    from fasttrain.train import trainer as trainer_mod
+    from fasttrain.train import _trainer_state as trainer_mod  # where the Trainer commits its checkpoints
 
     gate, written = threading.Event(), []
     real = trainer_mod.commit_checkpoint
