@@ -20,7 +20,7 @@ echo "build: $((SECONDS - t0)) s" | tee -a "$LOG"
 # -n 8 (pytest-xdist): the Triton compiles of a cold cache run in parallel processes; -p no:benchmark:
 # pytest-benchmark warns under xdist, and the project turns warnings into errors.
 t0=$SECONDS
-timeout 170 python3 -P -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark -rfE tests/gpu tests/kernels tests/optim/test_adamw_triton.py \
+timeout 170 python3 -P -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark -rfE tests/gpu tests/kernels tests/optim/test_adamw_triton.py tests/optim/test_sgd_lion_triton.py \
   2>&1 | tee -a "$LOG" | tail -25
 echo "tests: $((SECONDS - t0)) s" | tee -a "$LOG"
 BENCH="$OUT/bench.txt"
@@ -33,9 +33,10 @@ bench() {  # name, timeout, pytest args...; CHECK_BENCH="quant grad_norm" runs o
     | grep -v "^\s*$" | tee -a "$BENCH" | grep -E "speedup|GB/s|samples/s|passed|failed|Error" | cut -c1-400
   echo "$name: $((SECONDS - t0)) s" | tee -a "$LOG"
 }
-# AdamW on 1B params: the op (fp32 vs torch fused + copy bandwidth; bf16 + masters vs torch's way) and the
-# optimizer class (through fasttrain.optim.AdamW's device-side step); then the grad-norm kernels.
-bench adamw-gpu 110 benchmarks/bench_adamw.py -k cuda
+# AdamW on 1B params: the op (fp32 vs torch fused + copy bandwidth; bf16 + masters vs torch's way), the
+# optimizer class (device-side step), step_in_backward on a 0.67B MLP; then quantized linears, the loader,
+# SGD, Lion and the grad-norm kernels.
+bench adamw-gpu 150 benchmarks/bench_adamw_cuda.py
 bench quant-gpu 70 benchmarks/bench_quant.py -k cuda
 bench loader-gpu 70 benchmarks/bench_loader.py -k cuda
 bench sgd-gpu 60 benchmarks/bench_sgd.py -k cuda

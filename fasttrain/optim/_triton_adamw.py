@@ -78,8 +78,10 @@ class _TritonAdamW:
         return bufs, self._norm_tables[1]
 
     def _launch(self, group: dict[str, Any], fg: _FlatGroup, i: int | None, mul: torch.Tensor | None,
-                skip: torch.Tensor | None) -> None:
-        """One Triton update of group `fg` (i None: the whole flat buffers; else parameter i alone)."""
+                skip: torch.Tensor | None, grad: torch.Tensor | None = None, counted: bool = False) -> None:
+        """One Triton update of group `fg` (i None: the whole flat buffers; else parameter i alone).
+        grad: parameter i's gradient when it is not its flat-buffer view (step_in_backward: autograd's own
+        tensor, contiguous); counted: fg.steps already holds the count after this update."""
         from fasttrain.kernels import optim as tk
 
         dev = fg.param_buf.device
@@ -88,7 +90,9 @@ class _TritonAdamW:
         if not isinstance(lr, torch.Tensor) and not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         b1, b2 = (_scalar(b) for b in group["betas"])  # betas are host numbers (a CUDA tensor would sync here)
-        s = (fg.steps[0:1] if i is None else fg.steps[i : i + 1]).double() + 1.0  # the count after this update
+        s = (fg.steps[0:1] if i is None else fg.steps[i : i + 1]).double()
+        if not counted:
+            s = s + 1.0  # the count after this update
         sc = torch.empty(5, dtype=torch.float64, device=dev)
         sc[0:1] = 1.0 - lr * group["weight_decay"]
         sc[1:2] = -(lr / (1.0 - torch.pow(b1, s)))
@@ -97,22 +101,22 @@ class _TritonAdamW:
         sc[4:5] = 0.0 if skip is None else skip
         sc = sc.float()
         if group["state_dtype"] == "int8":
-            return self._launch_int8(fg, i, sc, b1, b2, group)
+            return self._launch_int8(fg, i, sc, b1, b2, group, grad)
         b = fg.state_bufs
         if i is None:
             bufs = (fg.param_buf, fg.grad_buf, b["exp_avg"], b["exp_avg_sq"], b.get("max_exp_avg_sq"), b.get("master"))
         else:
             v = fg.state_views
-            bufs = (fg.param_views[i], fg.grad_views[i], v["exp_avg"][i], v["exp_avg_sq"][i],
+            bufs = (fg.param_views[i], grad if grad is not None else fg.grad_views[i], v["exp_avg"][i], v["exp_avg_sq"][i],
                     v["max_exp_avg_sq"][i] if "max_exp_avg_sq" in v else None, v["master"][i] if "master" in v else None)
         if group["amsgrad"] and bufs[4] is None:
             fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))
-            return self._launch(group, fg, i, mul, skip)
+            return self._launch(group, fg, i, mul, skip, grad, counted)
         tk.adamw_device_scalars_(*(t.reshape(-1) if t is not None else None for t in bufs), sc, beta1=b1, beta2=b2,
                                  eps=group["eps"], maximize=group["maximize"], amsgrad=group["amsgrad"])
 
     def _launch_int8(self, fg: _FlatGroup, i: int | None, sc: torch.Tensor, b1: float, b2: float,
-                     group: dict[str, Any]) -> None:
+                     group: dict[str, Any], grad: torch.Tensor | None = None) -> None:
         """The Triton update of an int8 group (fasttrain/optim/_int8.py layout): the 8-bit segment and the
         fp32 tail of small tensors, both reading the same device scalars (i: parameter i alone)."""
         from fasttrain.kernels import optim as tk
@@ -126,7 +130,8 @@ class _TritonAdamW:
                 tk.adamw_device_scalars_(fg.param_buf[st.n8 :], fg.grad_buf[st.n8 :], st.m32, st.v32, None, None, sc,
                                          amsgrad=False, **kw)
             return
-        sv, p, g = st.views[i], fg.param_views[i].view(-1), fg.grad_views[i].view(-1)
+        sv, p = st.views[i], fg.param_views[i].view(-1)
+        g = (grad if grad is not None else fg.grad_views[i]).view(-1)
         if st.large[i]:
             tk.adamw_int8_device_scalars_(p, g, sv["exp_avg"].view(-1), sv["exp_avg_sq"].view(-1), sv["exp_avg_scale"],
                                           sv["exp_avg_sq_scale"], sc, **kw)

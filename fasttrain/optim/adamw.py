@@ -51,8 +51,9 @@ class AdamW(_TritonAdamW, _FlatOptimizer):
     and a step never syncs with the host: the step counts live on the device (state["step"] is a CUDA
     tensor, as in torch's fused optimizers), GradScaler's found_inf / scale and a tensor lr are read by
     the kernel, and max_grad_norm uses the device-side Triton norm. CUDA supports state_dtype
-    "fp32"/"bf16"/"int8", master_weights and amsgrad; stochastic_rounding and step_in_backward are
-    CPU-only (ValueError at construction).
+    "fp32"/"bf16"/"int8", master_weights, amsgrad and step_in_backward (fuse_linear_backward is
+    CPU-only: on CUDA the hooks update every parameter); stochastic_rounding is CPU-only (ValueError at
+    construction).
     master_weights: for bf16/fp16 params, keep fp32 master weights inside the optimizer (state
     "master"); the step updates the master and writes the rounded param in the same pass.
     state_dtype: "fp32" (default) or "bf16" for exp_avg / exp_avg_sq (computed in fp32, stored bf16), or
@@ -228,6 +229,11 @@ class AdamW(_TritonAdamW, _FlatOptimizer):
                             "gradients are not supported")
         gi, i = self._begin_update(p)
         fg, group = self._flat[gi], self.param_groups[gi]
+        if fg.triton:  # one launch for this parameter, its step count read on the device (no sync)
+            self._launch(group, fg, i, None, None, grad=grad.contiguous(), counted=True)
+            fg.tries[i] += 1
+            p.grad = None
+            return
         if group["state_dtype"] == "int8":
             fg.int8.step_one(fg, i, grad, float(fg.steps[i]), self._kwargs(group))
             p.grad = None
@@ -344,9 +350,6 @@ class AdamW(_TritonAdamW, _FlatOptimizer):
             if group["stochastic_rounding"]:
                 raise ValueError(f"AdamW {where}: stochastic_rounding=True is CPU-only so far; use "
                                  "master_weights=True for bf16 params")
-            if getattr(self, "step_in_backward", False):
-                raise ValueError(f"AdamW {where}: step_in_backward=True is CPU-only so far; use the flat step "
-                                 "(step_in_backward=False)")
         if group["stochastic_rounding"] and (dtype != torch.bfloat16 or group["master_weights"]):
             raise ValueError(f"stochastic_rounding=True needs bfloat16 params without master weights (got {dtype} params"
                              f"{', master_weights=True' if group['master_weights'] else ''}): with masters the rounding "
