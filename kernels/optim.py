@@ -6,7 +6,8 @@ the C++ kernels (csrc/optim/), in torch.optim.AdamW's order. Params fp32 / fp16 
 fp32 / bf16, optional fp32 masters (the param is then written as the rounded master). Scalars are
 runtime arguments, so a changing lr never recompiles; adamw_device_scalars_ reads the step-dependent
 ones (and a GradScaler skip flag) from a device tensor instead, so fasttrain.optim.AdamW's CUDA step
-never syncs with the host. Stochastic rounding is CPU-only so far.
+never syncs with the host. Stochastic rounding (bf16 params without masters) uses the C++ kernels'
+noise and rounding rule.
 Under TRITON_INTERPRET=1 it runs on CPU tensors (fp32/fp16: the interpreter has no bf16).
 """
 
@@ -24,9 +25,42 @@ BLOCK = 1024
 
 
 @triton.jit
+def _sr_hash(seed, i):
+    """csrc/optim/optim_elem.h sr_hash: element index -> 32 random bits ("lowbias32"), in int64 lanes
+    masked to 32 bits after every step (the low 32 bits of a wrapped int64 product are exact)."""
+    x = ((i & 0xFFFFFFFF) * 0x9E3779B9 + seed) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _bf16_bits_to_f32(bits):
+    """int16 lanes holding bf16 bit patterns -> fp32 (exact)."""
+    return (bits.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _f32_to_bf16_bits_sr(p, r):
+    """fp32 -> bf16 bit pattern (int16 lanes), rounding up with probability equal to the dropped fraction:
+    add the low 16 random bits r to the fp32 bits and truncate (csrc/optim/optim_elem.h f32_to_bf16_sr).
+    Inf and NaN are not perturbed; a NaN stays a quiet NaN (csrc/common.h f32_to_bf16)."""
+    u = p.to(tl.uint32, bitcast=True).to(tl.int64)
+    up = (u + (r & 0xFFFF)) >> 16
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    special = (u & 0x7F800000) == 0x7F800000
+    bits = tl.where(nan, (u >> 16) | 0x40, tl.where(special, u >> 16, up))
+    return bits.to(tl.uint16).to(tl.int16, bitcast=True)
+
+
+@triton.jit
 def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, mx_ptr, master_ptr, n, decay, omb1, beta2, omb2, ibc2, eps, neg_step,
-                  grad_mul, sc_ptr, MAXIMIZE: tl.constexpr, AMSGRAD: tl.constexpr, MASTER: tl.constexpr,
-                  LOW_W: tl.constexpr, DEVICE_SCALARS: tl.constexpr, BLOCK: tl.constexpr):
+                  grad_mul, sc_ptr, seed, MAXIMIZE: tl.constexpr, AMSGRAD: tl.constexpr, MASTER: tl.constexpr,
+                  LOW_W: tl.constexpr, DEVICE_SCALARS: tl.constexpr, SR: tl.constexpr, BLOCK: tl.constexpr):
+    # SR (stochastic rounding, bf16 params without masters): p_ptr and g_ptr hold the bf16 param and grad as
+    # int16 bit patterns, so the same code runs in the interpreter (which has no bf16) and on the GPU.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     if DEVICE_SCALARS:
         # The step-dependent scalars live on the device (see adamw_device_scalars_): reading them here
@@ -40,9 +74,14 @@ def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, mx_ptr, master_ptr, n, decay, omb1
     mask = offs < n
     if MASTER:
         p = tl.load(master_ptr + offs, mask=mask, other=0.0)
+    elif SR:
+        p = _bf16_bits_to_f32(tl.load(p_ptr + offs, mask=mask, other=0))
     else:
         p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * grad_mul
+    if SR:
+        g = _bf16_bits_to_f32(tl.load(g_ptr + offs, mask=mask, other=0)) * grad_mul
+    else:
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * grad_mul
     if MAXIMIZE:
         g = -g
     m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -63,18 +102,24 @@ def _adamw_kernel(p_ptr, g_ptr, m_ptr, v_ptr, mx_ptr, master_ptr, n, decay, omb1
     p = p + (neg_step * m) / denom
     if MASTER:
         tl.store(master_ptr + offs, p, mask=mask)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    if SR:
+        tl.store(p_ptr + offs, _f32_to_bf16_bits_sr(p, _sr_hash(seed, offs)), mask=mask)
+    else:
+        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
     tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
     tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
 
 
 def adamw_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
            max_exp_avg_sq: torch.Tensor | None, master: torch.Tensor | None, *, lr: float, beta1: float, beta2: float,
-           eps: float, weight_decay: float, step: float, maximize: bool, amsgrad: bool, grad_scale: float = 1.0) -> None:
+           eps: float, weight_decay: float, step: float, maximize: bool, amsgrad: bool, grad_scale: float = 1.0,
+           stochastic_rounding: bool = False, seed: int = 0) -> None:
     """One AdamW step in place on flat contiguous buffers (validated by fasttrain.ops.optim).
 
     param, grad: (N,) fp32/fp16/bf16, same dtype; exp_avg, exp_avg_sq, max_exp_avg_sq: (N,) fp32 or bf16;
     master: (N,) fp32 or None. step: the count after this update. Host scalars follow the C++ binding.
+    stochastic_rounding (bf16 param, no master): the C++ kernels' rounding and noise (same seed, same bits
+    for the same fp32 value).
     """
     n = param.numel()
     if n == 0:
@@ -84,11 +129,21 @@ def adamw_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_a
     omb1 = 1.0 - beta1
     mx = max_exp_avg_sq if amsgrad else exp_avg_sq  # a valid pointer the kernel never touches when not AMSGRAD
     ms = master if master is not None else exp_avg
+    sr = bool(stochastic_rounding)
     _adamw_kernel[(triton.cdiv(n, BLOCK),)](
-        param, grad, exp_avg, exp_avg_sq, mx, ms, n, 1.0 - lr * weight_decay, omb1, beta2, 1.0 - beta2,
-        1.0 / bc2_sqrt, eps, -(lr / bc1), grad_scale, exp_avg, MAXIMIZE=bool(maximize), AMSGRAD=bool(amsgrad),
-        MASTER=master is not None, LOW_W=omb1 < 0.5, DEVICE_SCALARS=False, BLOCK=BLOCK,
+        *_sr_views(param, grad, sr), exp_avg, exp_avg_sq, mx, ms, n, 1.0 - lr * weight_decay, omb1, beta2, 1.0 - beta2,
+        1.0 / bc2_sqrt, eps, -(lr / bc1), grad_scale, exp_avg, int(seed) & 0xFFFFFFFF, MAXIMIZE=bool(maximize),
+        AMSGRAD=bool(amsgrad), MASTER=master is not None, LOW_W=omb1 < 0.5, DEVICE_SCALARS=False, SR=sr, BLOCK=BLOCK,
     )
+
+
+def _sr_views(param: torch.Tensor, grad: torch.Tensor, sr: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stochastic rounding: the kernel reads and writes the bf16 param and grad as int16 bit patterns."""
+    if not sr:
+        return param, grad
+    if param.dtype != torch.bfloat16 or grad.dtype != torch.bfloat16:
+        raise TypeError(f"stochastic rounding needs bf16 param and grad, got {param.dtype} / {grad.dtype}")
+    return param.view(torch.int16), grad.view(torch.int16)
 
 
 __all__ += ["adamw_device_scalars_"]
@@ -96,7 +151,8 @@ __all__ += ["adamw_device_scalars_"]
 
 def adamw_device_scalars_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
                           max_exp_avg_sq: torch.Tensor | None, master: torch.Tensor | None, scalars: torch.Tensor, *,
-                          beta1: float, beta2: float, eps: float, maximize: bool, amsgrad: bool) -> None:
+                          beta1: float, beta2: float, eps: float, maximize: bool, amsgrad: bool,
+                          stochastic_rounding: bool = False, seed: int = 0) -> None:
     """adamw_ with the step-dependent scalars read from the device: one launch, no host sync.
 
     scalars: (5,) fp32 on param's device = [1 - lr * weight_decay, -lr / (1 - beta1^step),
@@ -109,10 +165,11 @@ def adamw_device_scalars_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torc
     omb1 = 1.0 - beta1
     mx = max_exp_avg_sq if amsgrad else exp_avg_sq
     ms = master if master is not None else exp_avg
+    sr = bool(stochastic_rounding)
     _adamw_kernel[(triton.cdiv(n, BLOCK),)](
-        param, grad, exp_avg, exp_avg_sq, mx, ms, n, 1.0, omb1, beta2, 1.0 - beta2, 1.0, eps, 0.0, 1.0, scalars,
-        MAXIMIZE=bool(maximize), AMSGRAD=bool(amsgrad), MASTER=master is not None, LOW_W=omb1 < 0.5,
-        DEVICE_SCALARS=True, BLOCK=BLOCK,
+        *_sr_views(param, grad, sr), exp_avg, exp_avg_sq, mx, ms, n, 1.0, omb1, beta2, 1.0 - beta2, 1.0, eps, 0.0, 1.0,
+        scalars, int(seed) & 0xFFFFFFFF, MAXIMIZE=bool(maximize), AMSGRAD=bool(amsgrad), MASTER=master is not None,
+        LOW_W=omb1 < 0.5, DEVICE_SCALARS=True, SR=sr, BLOCK=BLOCK,
     )
 
 

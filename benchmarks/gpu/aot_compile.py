@@ -116,6 +116,14 @@ def _adamw_cases(case, grad_norm, optim, quant):
                     case(name, lambda: optim.adamw_(p, g, m, v, mx, ms, lr=1e-3, weight_decay=0.01, step=3.0, **kw))
                     case(name + " device scalars",
                          lambda: optim.adamw_device_scalars_(p, g, m, v, mx, ms, torch.zeros(5), **kw))
+    for sdt in (torch.float32, torch.bfloat16):  # stochastic rounding: bf16 params without masters
+        p, g = torch.zeros(n, dtype=torch.bfloat16), torch.zeros(n, dtype=torch.bfloat16)
+        m, v = torch.zeros(n, dtype=sdt), torch.zeros(n, dtype=sdt)
+        kw = dict(beta1=0.9, beta2=0.999, eps=1e-8, maximize=False, amsgrad=False, stochastic_rounding=True, seed=5)
+        case(f"adamw_ stochastic rounding states {sdt}",
+             lambda: optim.adamw_(p, g, m, v, None, None, lr=1e-3, weight_decay=0.01, step=3.0, **kw))
+        case(f"adamw_ stochastic rounding states {sdt} device scalars",
+             lambda: optim.adamw_device_scalars_(p, g, m, v, None, None, torch.zeros(5), **kw))
     p, g = torch.zeros(n), torch.zeros(n)
     nb = (n + 255) // 256
     qm, qv = torch.zeros(n, dtype=torch.int8), torch.zeros(n, dtype=torch.uint8)

@@ -128,13 +128,11 @@ def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2
 @_adamw_op.register_kernel("cuda")
 def _(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr, beta1, beta2, eps, weight_decay, step, maximize,
       amsgrad, grad_scale, stochastic_rounding, seed):
-    if stochastic_rounding:
-        raise NotImplementedError(f"{_OP}: stochastic rounding has no CUDA kernel yet; use master weights on CUDA")
     from fasttrain.kernels import optim as triton_optim
 
     triton_optim.adamw_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master, lr=lr, beta1=beta1, beta2=beta2,
                         eps=eps, weight_decay=weight_decay, step=step, maximize=maximize, amsgrad=amsgrad,
-                        grad_scale=grad_scale)
+                        grad_scale=grad_scale, stochastic_rounding=stochastic_rounding, seed=seed)
 
 
 @torch.no_grad()

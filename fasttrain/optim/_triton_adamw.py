@@ -102,6 +102,11 @@ class _TritonAdamW:
         sc = sc.float()
         if group["state_dtype"] == "int8":
             return self._launch_int8(fg, i, sc, b1, b2, group, grad)
+        sr, seed = bool(group["stochastic_rounding"]), 0
+        if sr:  # the C++ path's seed formula, from the host's attempt counts (equal to the steps without skips)
+            gi = next(k for k, f in enumerate(self._flat) if f is fg)
+            seed = ((fg.tries[0 if i is None else i] + 1) * 0x9E3779B1 + gi * 0x85EBCA77
+                    + (0 if i is None else fg.offsets[i] << 8)) & 0xFFFFFFFF
         b = fg.state_bufs
         if i is None:
             bufs = (fg.param_buf, fg.grad_buf, b["exp_avg"], b["exp_avg_sq"], b.get("max_exp_avg_sq"), b.get("master"))
@@ -113,7 +118,8 @@ class _TritonAdamW:
             fg.state_buffer("max_exp_avg_sq", self._state_dtype(group, fg, "max_exp_avg_sq"))
             return self._launch(group, fg, i, mul, skip, grad, counted)
         tk.adamw_device_scalars_(*(t.reshape(-1) if t is not None else None for t in bufs), sc, beta1=b1, beta2=b2,
-                                 eps=group["eps"], maximize=group["maximize"], amsgrad=group["amsgrad"])
+                                 eps=group["eps"], maximize=group["maximize"], amsgrad=group["amsgrad"],
+                                 stochastic_rounding=sr, seed=seed)
 
     def _launch_int8(self, fg: _FlatGroup, i: int | None, sc: torch.Tensor, b1: float, b2: float,
                      group: dict[str, Any], grad: torch.Tensor | None = None) -> None:

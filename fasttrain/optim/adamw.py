@@ -17,7 +17,7 @@ from fasttrain.ops.fused_linear import MAX_ROWS, adamw_linear_step_
 from fasttrain.ops.grad_norm import total_norm_host
 from fasttrain.ops.optim import _MULTI, _call_adamw_multi, _check_hparams, adamw_flat_, adamw_step_
 from fasttrain.optim import _int8
-from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer, _scalar, _uses_triton
+from fasttrain.optim._flat import _FlatGroup, _FlatOptimizer, _scalar
 from fasttrain.optim._triton_adamw import _TritonAdamW
 
 __all__ = ["AdamW"]
@@ -51,9 +51,8 @@ class AdamW(_TritonAdamW, _FlatOptimizer):
     and a step never syncs with the host: the step counts live on the device (state["step"] is a CUDA
     tensor, as in torch's fused optimizers), GradScaler's found_inf / scale and a tensor lr are read by
     the kernel, and max_grad_norm uses the device-side Triton norm. CUDA supports state_dtype
-    "fp32"/"bf16"/"int8", master_weights, amsgrad and step_in_backward (fuse_linear_backward is
-    CPU-only: on CUDA the hooks update every parameter); stochastic_rounding is CPU-only (ValueError at
-    construction).
+    "fp32"/"bf16"/"int8", master_weights, amsgrad, stochastic_rounding and step_in_backward
+    (fuse_linear_backward is CPU-only: on CUDA the hooks update every parameter).
     master_weights: for bf16/fp16 params, keep fp32 master weights inside the optimizer (state
     "master"); the step updates the master and writes the rounded param in the same pass.
     state_dtype: "fp32" (default) or "bf16" for exp_avg / exp_avg_sq (computed in fp32, stored bf16), or
@@ -344,12 +343,6 @@ class AdamW(_TritonAdamW, _FlatOptimizer):
             what = f"{dtype} params" if dtype != torch.float32 else "amsgrad=True"
             raise ValueError(f"state_dtype='int8' is implemented for float32 params without amsgrad (got {what}); "
                              "use state_dtype='bf16' for low-precision params or amsgrad")
-        dev = group["params"][0].device if group["params"] else torch.device("cpu")
-        if _uses_triton(dev):
-            where = f"on {dev}" if dev.type == "cuda" else "on the Triton backend"
-            if group["stochastic_rounding"]:
-                raise ValueError(f"AdamW {where}: stochastic_rounding=True is CPU-only so far; use "
-                                 "master_weights=True for bf16 params")
         if group["stochastic_rounding"] and (dtype != torch.bfloat16 or group["master_weights"]):
             raise ValueError(f"stochastic_rounding=True needs bfloat16 params without master weights (got {dtype} params"
                              f"{', master_weights=True' if group['master_weights'] else ''}): with masters the rounding "

@@ -149,3 +149,41 @@ def test_triton_lion_matches_cpp_and_reference(n, cfg):
     for name, c, t, r in zip(("param", "grad", "exp_avg"), cpp, tri, ref):
         torch.testing.assert_close(t.cpu(), c, rtol=1e-6, atol=1e-9, msg=name)
         torch.testing.assert_close(t.cpu(), r, rtol=1e-6, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("n", [7, 4099])
+def test_triton_adamw_stochastic_rounding_matches_cpp(n):
+    """bf16 params without masters, stochastic rounding: the same hash noise and rounding rule as the C++
+    kernel (the kernel handles bf16 as int16 bit patterns, so this runs in the interpreter too). The fp32
+    values before rounding may differ by an ulp (the Triton update rounds its lerp and division apart
+    from the C++ FMAs), which moves a rounding only when the noise lands on that ulp: nearly all equal."""
+    g = torch.Generator().manual_seed(n)
+    p = torch.randn(n, generator=g).bfloat16()
+    grad = (torch.randn(n, generator=g) * 1e-2).bfloat16()
+    m, v = torch.randn(n, generator=g) * 1e-2, torch.rand(n, generator=g) * 1e-4
+    kw = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=3, maximize=False, amsgrad=False)
+    cpp = [p.clone(), grad.clone(), m.clone(), v.clone()]
+    tri = [t.clone().to(DEVICE) for t in cpp]
+    adamw_step_(*cpp, None, stochastic_rounding=True, seed=12345, **kw)
+    tk.adamw_(*tri, None, None, stochastic_rounding=True, seed=12345, **kw)
+    got, want = tri[0].cpu().view(torch.int16).int(), cpp[0].view(torch.int16).int()
+    assert (got - want).abs().max() <= 1
+    assert (got == want).float().mean() >= 0.999
+    assert not torch.equal(tri[0].cpu(), p)  # the params moved
+
+
+def test_triton_stochastic_rounding_is_unbiased():
+    """The issue's acceptance test on the Triton path: 100k roundings of one fp32 value (a bf16 value plus a
+    third of its ulp, made by an update with lr 0) average to it within 3e-5 relative; round-to-nearest
+    would stay a third of an ulp away (~1e-3 relative)."""
+    n = 100_000
+    base = torch.full((n,), 1.0).bfloat16()  # ulp at 1.0: 2^-7
+    target = 1.0 + 2.0**-7 / 3
+    # weight decay with lr 1: p * (1 - lr * wd) = p * target exactly enough in fp32; no Adam term (lr scaled off)
+    p, grad = base.clone().to(DEVICE), torch.zeros(n).bfloat16().to(DEVICE)
+    m, v = torch.zeros(n, device=DEVICE), torch.zeros(n, device=DEVICE)
+    tk.adamw_(p, grad, m, v, None, None, lr=1.0, beta1=0.9, beta2=0.999, eps=1e30, weight_decay=1.0 - target,
+              step=1, maximize=False, amsgrad=False, stochastic_rounding=True, seed=7)
+    mean = p.float().mean().item()
+    assert abs(mean - target) / target <= 3e-5, (mean, target)
+    assert set(p.float().unique().tolist()) == {1.0, 1.0 + 2.0**-7}
