@@ -13,6 +13,7 @@ pytest.importorskip("triton", reason="the Triton path needs `pip install 'fasttr
 
 import fasttrain.optim  # noqa: E402
 from fasttrain.optim import _flat  # noqa: E402
+from _optim_backend import optim_backend  # noqa: E402
 from _sync import SyncCounter  # noqa: E402
 from _triton_fma import fma_is_exact  # noqa: E402
 
@@ -36,11 +37,8 @@ def run(device, pdt=torch.float32, steps=STEPS, drop=None, scaler=None, backend=
     """`steps` AdamW steps on fixed random grads (backend "auto" on CPU: the C++ path); returns the model
     and the optimizer."""
     model = tiny(pdt, device)
-    saved, _flat._BACKEND = _flat._BACKEND, backend
-    try:
+    with optim_backend(backend):
         opt = fasttrain.optim.AdamW(model.parameters(), **{"lr": 1e-2, **kw})
-    finally:
-        _flat._BACKEND = saved
     g = torch.Generator().manual_seed(1)
     for s in range(steps):
         for i, p in enumerate(model.parameters()):
@@ -216,11 +214,8 @@ def run_int8(device, backend, steps=4, drop=None, skip_step=None):
     ones; drop=i: parameter i has no gradient at step 1; skip_step=s: a GradScaler inf at step s."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(67, 129), torch.nn.GELU(), torch.nn.Linear(129, 3)).to(device)
-    saved, _flat._BACKEND = _flat._BACKEND, backend
-    try:
+    with optim_backend(backend):
         opt = fasttrain.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, state_dtype="int8")
-    finally:
-        _flat._BACKEND = saved
     g = torch.Generator().manual_seed(1)
     for s in range(steps):
         for i, p in enumerate(model.parameters()):
@@ -275,12 +270,9 @@ def test_step_in_backward_matches_cpp(triton_backend, state_dtype):
     def train(device, backend):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(67, 129), torch.nn.GELU(), torch.nn.Linear(129, 3)).to(device)
-        saved, _flat._BACKEND = _flat._BACKEND, backend
-        try:
+        with optim_backend(backend):
             opt = fasttrain.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, step_in_backward=True,
                                         state_dtype=state_dtype)
-        finally:
-            _flat._BACKEND = saved
         g = torch.Generator().manual_seed(2)
         for _ in range(4):
             x, y = torch.randn(8, 67, generator=g).to(device), torch.randn(8, 3, generator=g).to(device)

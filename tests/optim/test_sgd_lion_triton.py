@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("triton", reason="the Triton path needs `pip install 'fasttrain[triton]'`")
 
 import fasttrain.optim  # noqa: E402
-from fasttrain.optim import _flat  # noqa: E402
+from _optim_backend import optim_backend  # noqa: E402
 from _sync import SyncCounter  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -36,11 +36,8 @@ def run(cls, kw, device, backend, steps=5, drop=None, model=None, opt=None):
     """`steps` steps on fixed random grads; drop=i: parameter i has no gradient at step 1 (per-tensor path)."""
     model = model if model is not None else tiny(device)
     if opt is None:
-        saved, _flat._BACKEND = _flat._BACKEND, backend
-        try:
+        with optim_backend(backend):
             opt = cls(model.parameters(), **kw)
-        finally:
-            _flat._BACKEND = saved
     g = torch.Generator().manual_seed(1)
     for s in range(steps):
         for i, p in enumerate(model.parameters()):
@@ -73,11 +70,7 @@ def test_sgd_matches_torch(case):
     """Against torch.optim.SGD(foreach=False) on the same device: the first step sets the momentum
     buffer to the gradient, later steps follow torch's formula."""
     cls, kw = CASES[case]
-    saved, _flat._BACKEND = _flat._BACKEND, "triton"
-    try:
-        ours, _ = run(cls, kw, DEVICE, "triton", steps=20)
-    finally:
-        _flat._BACKEND = saved
+    ours, _ = run(cls, kw, DEVICE, "triton", steps=20)
     model = tiny(DEVICE)
     ref, _ = run(None, None, DEVICE, None, steps=20, model=model,
                  opt=torch.optim.SGD(model.parameters(), foreach=False, **kw))
@@ -90,11 +83,8 @@ def test_sgd_matches_torch(case):
 def test_no_host_sync_per_step(case, drop):
     cls, kw = CASES[case]
     model = tiny(DEVICE)
-    saved, _flat._BACKEND = _flat._BACKEND, "triton"
-    try:
+    with optim_backend("triton"):
         opt = cls(model.parameters(), **kw)
-    finally:
-        _flat._BACKEND = saved
     for s in range(3):
         for i, p in enumerate(model.parameters()):
             p.grad = None if (drop == i and s == 1) else torch.randn_like(p)
@@ -110,11 +100,8 @@ def test_state_dict_round_trip(case):
     cls, kw = CASES[case]
     model, opt = run(cls, kw, DEVICE, "triton", steps=3)
     model2 = copy.deepcopy(model)
-    saved, _flat._BACKEND = _flat._BACKEND, "triton"
-    try:
+    with optim_backend("triton"):
         opt2 = cls(model2.parameters(), **kw)
-    finally:
-        _flat._BACKEND = saved
     opt2.load_state_dict(opt.state_dict())
     for m, o in ((model, opt), (model2, opt2)):
         run(cls, kw, DEVICE, None, steps=2, model=m, opt=o)
