@@ -111,6 +111,16 @@ def test_triton_adamw_int8_matches_cpp(n, cfg):
             assert (t.cpu().int() - c.int()).abs().max() <= 1, name
 
 
+def _assert_same_fmas(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    """SGD and Lion: the Triton kernels make the C++ kernels' operations and FMAs, so the results are equal
+    bit for bit where tl.fma rounds once; Triton 3.8's interpreter rounds it twice (an ulp of a product,
+    which can be large next to a result that cancels to near zero)."""
+    if _fma_is_exact():
+        assert torch.equal(got, want), name
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=name)
+
+
 @pytest.mark.parametrize("n", [1, 7, 4099])
 @pytest.mark.parametrize("cfg", [dict(momentum=0.0), dict(momentum=0.9, dampening=0.1, weight_decay=0.01),
                                  dict(momentum=0.9, nesterov=True, maximize=True), dict(momentum=0.9, first=True)],
@@ -127,8 +137,8 @@ def test_triton_sgd_matches_cpp_and_reference(n, cfg):
     tk.sgd_(tri[0], tri[1], tri[2] if kw["momentum"] else None, **kw)
     sgd_reference(ref[0], ref[1], ref[2] if kw["momentum"] else None, **kw)
     for name, c, t, r in zip(("param", "grad", "momentum_buffer"), cpp, tri, ref):
-        torch.testing.assert_close(t.cpu(), c, rtol=1e-6, atol=1e-9, msg=name)
-        torch.testing.assert_close(t.cpu(), r, rtol=1e-6, atol=1e-9, msg=name)
+        _assert_same_fmas(t.cpu(), c, name)
+        torch.testing.assert_close(t.cpu(), r, rtol=1e-6, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("n", [1, 7, 4099])
@@ -147,8 +157,8 @@ def test_triton_lion_matches_cpp_and_reference(n, cfg):
     tk.lion_(*tri, **kw)
     lion_reference(*ref, **kw)
     for name, c, t, r in zip(("param", "grad", "exp_avg"), cpp, tri, ref):
-        torch.testing.assert_close(t.cpu(), c, rtol=1e-6, atol=1e-9, msg=name)
-        torch.testing.assert_close(t.cpu(), r, rtol=1e-6, atol=1e-9, msg=name)
+        _assert_same_fmas(t.cpu(), c, name)
+        torch.testing.assert_close(t.cpu(), r, rtol=1e-6, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("n", [7, 4099])
