@@ -20,7 +20,7 @@ echo "build: $((SECONDS - t0)) s" | tee -a "$LOG"
 # -n 8 (pytest-xdist): the Triton compiles of a cold cache run in parallel processes; -p no:benchmark:
 # pytest-benchmark warns under xdist, and the project turns warnings into errors.
 t0=$SECONDS
-timeout 170 python3 -P -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark -rfE tests/gpu tests/kernels tests/optim/test_adamw_triton.py tests/optim/test_sgd_lion_triton.py \
+timeout 200 python3 -P -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark -rfE tests/gpu tests/kernels tests/optim/test_adamw_triton.py tests/optim/test_sgd_lion_triton.py \
   2>&1 | tee -a "$LOG" | tail -25
 echo "tests: $((SECONDS - t0)) s" | tee -a "$LOG"
 BENCH="$OUT/bench.txt"
