@@ -50,7 +50,7 @@ def _w8_tile(w_ptr, pn, k0, Kp, NBLK, NB: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _w8_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, M, N, Kp, HAS_BIAS: tl.constexpr, INT_DOT: tl.constexpr,
+def _w8_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, M, N, Kp, XK, HAS_BIAS: tl.constexpr, INT_DOT: tl.constexpr,
                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     # Products are exact, as in the C++ kernels: int8 x int8 -> int32 on the tensor cores; fp16/bf16 x
     # times int8 weights (|q| <= 127 is exact in both) with fp32 accumulation; fp32 x as "tf32x3" (x split
@@ -67,7 +67,9 @@ def _w8_kernel(x_ptr, w_ptr, s_ptr, r_ptr, b_ptr, y_ptr, M, N, Kp, HAS_BIAS: tl.
         acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, Kp, BK):
         kk = k0 + rk
-        x = tl.load(x_ptr + rm[:, None] * Kp + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < Kp), other=0)
+        # x rows hold XK values (the unpadded input, or the padded operand of the dynamic path): columns past
+        # them read 0, and the weights there are zero padding anyway, so x is never copied to pad it
+        x = tl.load(x_ptr + rm[:, None] * XK + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < XK), other=0)
         w = _w8_tile(w_ptr, pn, k0, Kp, nblk, BN // 16, BK)
         if INT_DOT:
             acc += tl.dot(x, w)
@@ -166,21 +168,17 @@ def _quantize_rows(x: torch.Tensor, Kp: int, qmax: int, levels: bool) -> tuple[t
     return out, r
 
 
-def _pad(x: torch.Tensor, Kp: int) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, Kp - x.shape[1])).contiguous()
-
-
 def _grid(M: int, N: int, t: dict):
     return (triton.cdiv(M, t["BM"]), triton.cdiv(N, t["BN"]))
 
 
 def int8_weight_linear(x, w_q, w_scale, bias=None):
-    """x: (M, K) fp32/fp16/bf16; w_q: (Np / 16, Kp / 4, 16, 4) int8 (VNNI-blocked, fasttrain.ops.quantize_int8_weight);
+    """x: (M, K) fp32/fp16/bf16, contiguous; w_q: (Np / 16, Kp / 4, 16, 4) int8 (VNNI-blocked, fasttrain.ops.quantize_int8_weight);
     w_scale: (N,) fp32; bias: (N,) fp32 or None -> (M, N) x.dtype."""
     M, N, Kp = x.shape[0], w_scale.shape[0], 4 * w_q.shape[1]
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
     t = _tiles(M)
-    _w8_kernel[_grid(M, N, t)](_pad(x, Kp), w_q, w_scale, w_scale, bias if bias is not None else w_scale, y, M, N, Kp,
+    _w8_kernel[_grid(M, N, t)](x, w_q, w_scale, w_scale, bias if bias is not None else w_scale, y, M, N, Kp, x.shape[1],
                                HAS_BIAS=bias is not None, INT_DOT=False, **t)
     return y.to(x.dtype)
 
@@ -192,7 +190,7 @@ def int8_dynamic_linear(x, w_q, w_scale, bias=None):
     q, r = _quantize_rows(x, Kp, 127, levels=True)
     y = torch.empty((M, N), dtype=torch.float32, device=x.device)
     t = _tiles(M)
-    _w8_kernel[_grid(M, N, t)](q, w_q, w_scale, r, bias if bias is not None else w_scale, y, M, N, Kp,
+    _w8_kernel[_grid(M, N, t)](q, w_q, w_scale, r, bias if bias is not None else w_scale, y, M, N, Kp, Kp,
                                HAS_BIAS=bias is not None, INT_DOT=True, **t)
     return y.to(x.dtype)
 
