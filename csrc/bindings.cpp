@@ -10,5 +10,6 @@ PYBIND11_MODULE(_C, m) {
   ft::bind_optim(m.def_submodule("optim", "fused optimizer kernels"));
   ft::bind_data(m.def_submodule("data", "data loading kernels"));
   ft::bind_quant(m.def_submodule("quant", "quantized inference kernels"));
+  ft::bind_attn(m.def_submodule("attn", "attention kernels (CPU)"));
   ft::apply_isa_env();
 }

@@ -11,6 +11,7 @@ void bind_io(pybind11::module_ m);     // csrc/io.cpp: durable atomic file write
 void bind_optim(pybind11::module_ m);  // csrc/optim/bind.cpp
 void bind_data(pybind11::module_ m);   // csrc/data/bind.cpp
 void bind_quant(pybind11::module_ m);  // csrc/quant/bind.cpp
+void bind_attn(pybind11::module_ m);   // csrc/attn/bind.cpp
 void apply_isa_env();                   // FASTTRAIN_ISA, applied once at import
 
 }  // namespace ft

@@ -565,3 +565,27 @@ def int4_weight_linear_reference(
     if bias is not None:
         y = y + bias.to(dtype)
     return y
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = True,
+                        scale: float | None = None) -> torch.Tensor:
+    """softmax(scale q k^T [+ causal mask]) v in fp32 (fp64 stays fp64), cast back to q's dtype.
+    q, k, v: (B, H, T, D). Differentiable (the backward reference is its autograd)."""
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf, kf, vf = (t.to(work) for t in (q, k, v))
+    s = (qf @ kf.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if is_causal:
+        T = q.shape[-2]
+        s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return (torch.softmax(s, dim=-1) @ vf).to(q.dtype)
+
+
+def attention_backward_reference(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 is_causal: bool = True, scale: float | None = None):
+    """(grad_q, grad_k, grad_v) of attention_reference, computed in fp32 and cast to the inputs' dtype."""
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    with torch.enable_grad():
+        qf, kf, vf = (t.detach().to(work).requires_grad_() for t in (q, k, v))
+        out = attention_reference(qf, kf, vf, is_causal, scale)
+        grads = torch.autograd.grad(out, (qf, kf, vf), grad_out.to(work))
+    return tuple(g.to(q.dtype) for g in grads)
