@@ -1,6 +1,10 @@
-"""Char-LM training throughput: fasttrain (TokenLoader + fused AdamW + bf16 autocast, in the Trainer)
-vs the best idiomatic raw PyTorch loop (nanoGPT-style np.memmap windows + torch.stack, torch
-AdamW(fused=True), bf16 autocast), same GPT (fasttrain.examples.charlm), same steps, interleaved.
+"""Char-LM training throughput: fasttrain (the demo GPT with fasttrain.ops.attention, TokenLoader + fused
+AdamW + bf16 autocast, in the Trainer) vs the best idiomatic raw PyTorch loop (the same GPT written with
+F.scaled_dot_product_attention, i.e. GPTConfig(attention="torch"); nanoGPT-style np.memmap windows +
+torch.stack, torch AdamW(fused=True), bf16 autocast), same weights, same steps, interleaved.
+
+A third run, the Trainer on the torch-attention model ("trainer_torch_attention"), splits the gain
+into the attention kernel's part and the Trainer's (loader, optimizer, loop) part.
 
 Reports tokens/s of both, the ratio (target >= 1.2x), the validation loss of both after the same
 number of steps (equal within noise: the two see different random windows; at a few hundred steps the
@@ -11,6 +15,7 @@ can touch bounds the speedup it can give.
     pytest benchmarks/bench_charlm.py -s
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -51,8 +56,10 @@ def test_charlm_tokens_per_second(benchmark, smoke, tmp_path):
     val = torch.from_numpy(data[-n_val:].astype(np.int64))
 
     torch.manual_seed(0)
-    m_raw, m_ft = GPT(cfg), GPT(cfg)
+    cfg_torch = dataclasses.replace(cfg, attention="torch")
+    m_raw, m_ft, m_fta = GPT(cfg_torch), GPT(cfg), GPT(cfg_torch)
     m_ft.load_state_dict(m_raw.state_dict())
+    m_fta.load_state_dict(m_raw.state_dict())
     opt = torch.optim.AdamW(m_raw.parameters(), lr=2e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
     gen = np.random.default_rng(0)
     T = cfg.block_size
@@ -73,20 +80,27 @@ def test_charlm_tokens_per_second(benchmark, smoke, tmp_path):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    loader = TokenLoader(tmp_path / "train.tok", block_size=T, batch_size=batch, seed=0)
-    trainer = fasttrain.Trainer(m_ft, optimizer="adamw",
-                                optimizer_kwargs={"lr": 2e-3, "betas": (0.9, 0.99), "weight_decay": 0.1},
-                                precision="bf16-mixed", max_steps=0 + 1, clip_grad_norm=1.0, log_every=50,
-                                loggers=None, verbose=False)
-    trainer.max_steps = 0
+    def make_trainer(model):
+        t = fasttrain.Trainer(model, optimizer="adamw",
+                              optimizer_kwargs={"lr": 2e-3, "betas": (0.9, 0.99), "weight_decay": 0.1},
+                              precision="bf16-mixed", max_steps=0 + 1, clip_grad_norm=1.0, log_every=50,
+                              loggers=None, verbose=False)
+        t.max_steps = 0
+        return t, TokenLoader(tmp_path / "train.tok", block_size=T, batch_size=batch, seed=0)
 
-    def ft_steps():
+    trainer, loader = make_trainer(m_ft)
+    trainer_ta, loader_ta = make_trainer(m_fta)
+
+    def ft_steps(trainer=trainer, loader=loader):
         trainer.max_steps += steps
         trainer.fit(loader)
 
-    t = interleaved({"raw": raw_steps, "fasttrain": ft_steps}, rounds=rounds, warmup=0 if smoke else 1)
+    t = interleaved({"raw": raw_steps, "fasttrain": ft_steps,
+                     "trainer_torch_attention": lambda: ft_steps(trainer_ta, loader_ta)},
+                    rounds=rounds, warmup=0 if smoke else 1)
     tokens = steps * batch * T
     raw_tps, ft_tps = tokens / t["raw"].median, tokens / t["fasttrain"].median
+    ta_tps = tokens / t["trainer_torch_attention"].median
 
     @torch.no_grad()
     def val_loss(model):
@@ -96,7 +110,8 @@ def test_charlm_tokens_per_second(benchmark, smoke, tmp_path):
             return float(model.eval()(x, y))
 
     result = {"raw_tokens_per_s": raw_tps, "fasttrain_tokens_per_s": ft_tps, "speedup": ft_tps / raw_tps,
-              "steps_each": trainer.global_step, "raw_val_loss": val_loss(m_raw), "fasttrain_val_loss": val_loss(m_ft)}
+              "trainer_torch_attention_tokens_per_s": ta_tps, "speedup_trainer_only": ta_tps / raw_tps,
+              "speedup_attention_kernel": ft_tps / ta_tps, "steps_each": trainer.global_step, "raw_val_loss": val_loss(m_raw), "fasttrain_val_loss": val_loss(m_ft)}
     m_raw.train()
     if not smoke:  # where a raw step's time goes: what a trainer can speed up at all
         result.update(_step_profile(raw_steps))

@@ -2,7 +2,9 @@
 
 Real text every machine has, no download. Used by `fasttrain demo`, examples/charlm.py and the CLI
 (`model = "charlm-gpt"`). The model follows nanoGPT's layout (pre-LayerNorm blocks, causal
-self-attention through scaled_dot_product_attention, tied input/output embeddings).
+self-attention, tied input/output embeddings). Attention runs through fasttrain.ops.attention (the CPU
+kernel; on other devices it calls scaled_dot_product_attention) unless `attention="torch"` asks for
+torch's scaled_dot_product_attention everywhere, as a hand-written nanoGPT would.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fasttrain.ops import attention
+
 __all__ = ["GPTConfig", "GPT", "stdlib_bytes", "flops_per_token", "generate"]
 
 
@@ -28,6 +32,11 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 256  # width; 4 layers x 256 is ~3.2M parameters
     dropout: float = 0.0
+    attention: str = "fasttrain"  # "fasttrain" (fasttrain.ops.attention) | "torch" (F.scaled_dot_product_attention)
+
+    def __post_init__(self):
+        if self.attention not in ("fasttrain", "torch"):
+            raise ValueError(f"GPTConfig.attention must be 'fasttrain' or 'torch', got {self.attention!r}")
 
 
 class _Block(nn.Module):
@@ -37,14 +46,18 @@ class _Block(nn.Module):
         self.qkv = nn.Linear(c.n_embd, 3 * c.n_embd)
         self.proj = nn.Linear(c.n_embd, c.n_embd)
         self.mlp = nn.Sequential(nn.Linear(c.n_embd, 4 * c.n_embd), nn.GELU(), nn.Linear(4 * c.n_embd, c.n_embd))
-        self.n_head, self.dropout = c.n_head, c.dropout
+        self.n_head, self.dropout, self.attention = c.n_head, c.dropout, c.attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C)"""
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        dropout = self.dropout if self.training else 0.0
+        if self.attention == "fasttrain" and dropout == 0.0:
+            y = attention(q, k, v, is_causal=True)
+        else:  # torch's kernel (fasttrain.ops.attention has no dropout)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln2(x))
 
