@@ -100,7 +100,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     q, k, v: (B, H, T, D), one dtype (fp32, bf16 or fp16), any strides (a copy is made only when the
     last dimension is not contiguous). scale defaults to 1 / sqrt(D). Returns (B, H, T, D) in q's dtype,
     laid out as (B, T, H, D) in memory. On CPU this is fasttrain's kernel (fp32 arithmetic inside); on
-    other devices it calls F.scaled_dot_product_attention. Self-attention only: q, k, v share a shape.
+    other devices, and while traced for ONNX or TorchScript, it calls F.scaled_dot_product_attention.
+    Self-attention only: q, k, v share a shape.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -122,7 +123,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"{_OP}: scale must be finite, got {scale}")
-    if q.device.type != "cpu":
+    if q.device.type != "cpu" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # exporters (ONNX, TorchScript tracing) know SDPA and not our op: the exported graph uses SDPA
         return F.scaled_dot_product_attention(q, k, v, is_causal=bool(is_causal), scale=scale)
     if q.dtype not in DTYPE_CODES:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in DTYPE_CODES)

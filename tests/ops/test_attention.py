@@ -2,6 +2,8 @@
 attention_backward_reference) in fp64, on every ISA, across dtypes and odd sizes; and vs torch's own
 scaled_dot_product_attention in the same dtype (rule: at most 2x its error)."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -111,6 +113,16 @@ def test_compiles_without_graph_break():
     expected = attention_reference(q.detach(), k.detach(), v.detach()).sum()
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-5)
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_tracing_for_export_uses_sdpa():
+    """Exporters (ONNX, TorchScript) know SDPA, not fasttrain's op: a traced model records SDPA."""
+    q, k, v = (torch.randn(1, 2, 9, 8) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; the ONNX exporter uses it
+        traced = torch.jit.trace(lambda q, k, v: attention(q, k, v), (q, k, v))
+    assert "scaled_dot_product_attention" in str(traced.graph) and "fasttrain" not in str(traced.graph)
+    torch.testing.assert_close(traced(q, k, v), attention(q, k, v), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad, match", [
