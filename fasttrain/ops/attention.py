@@ -103,6 +103,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     other devices, and while traced for ONNX or TorchScript, it calls F.scaled_dot_product_attention.
     Self-attention only: q, k, v share a shape.
     """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # Exporters (ONNX, TorchScript tracing) know SDPA, not this op, and trace shapes as tensors (the
+        # checks below would record them): hand the call to SDPA untouched.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=bool(is_causal), scale=scale)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{_OP}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
@@ -123,8 +127,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, is_causal: b
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"{_OP}: scale must be finite, got {scale}")
-    if q.device.type != "cpu" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        # exporters (ONNX, TorchScript tracing) know SDPA and not our op: the exported graph uses SDPA
+    if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, is_causal=bool(is_causal), scale=scale)
     if q.dtype not in DTYPE_CODES:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in DTYPE_CODES)
