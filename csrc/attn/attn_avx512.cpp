@@ -77,13 +77,13 @@ struct Avx512Ops {
   }
 
   // PortableOps::exp2_row's polynomial (same coefficients), 16 lanes at a time; VSCALEFPS applies 2^r.
-  static float exp2_row(float* x, int64_t n, float sub) {
-    const __m512 vs = _mm512_set1_ps(sub), lo = _mm512_set1_ps(-126.0f);
+  static float exp2_row(float* x, int64_t n, float mul, float sub) {
+    const __m512 vs = _mm512_set1_ps(sub), vm = _mm512_set1_ps(mul), lo = _mm512_set1_ps(-126.0f);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t j = 0; j < n; j += 16) {
       const __mmask16 k = mask_for(n - j);
       // max(lo, t) returns t when t is NaN (MAXPS returns its second operand on unordered input)
-      const __m512 t = _mm512_max_ps(lo, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vs));
+      const __m512 t = _mm512_max_ps(lo, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, x + j), vm, vs));
       const __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       const __m512 f = _mm512_sub_ps(t, r);
       __m512 p = _mm512_set1_ps(1.5252734e-05f);

@@ -1,6 +1,6 @@
 // The attention drivers (forward, backward), templated over an ISA's two hot primitives:
 //   Ops::gemm      C[M x N] (+)= A B, A read through strides (so A^T costs nothing), B row-major
-//   Ops::exp2_row  x[j] = 2^(x[j] - c) for j < n, returns the sum
+//   Ops::exp2_row  x[j] = 2^(x[j] * mul - sub) for j < n, returns the sum
 // Each ISA file includes this header and instantiates the drivers with its own Ops (internal linkage:
 // see common.h on why no inline definition may be shared between ISA files).
 //
@@ -41,12 +41,12 @@ struct PortableOps {
     }
   }
 
-  // 2^x for x in [-126, 0] (and more): 2^round(x) times a degree-7 Taylor polynomial of 2^f on
-  // [-1/2, 1/2] (relative error < 1e-8, below fp32's ulp).
-  static float exp2_row(float* x, int64_t n, float sub) {
+  // x[j] = 2^(x[j] * mul - sub), returns the sum. 2^t for t in [-126, 0] (and more): 2^round(t) times
+  // a degree-7 Taylor polynomial of 2^f on [-1/2, 1/2] (relative error < 1e-8, below fp32's ulp).
+  static float exp2_row(float* x, int64_t n, float mul, float sub) {
     float sum = 0.0f;
     for (int64_t j = 0; j < n; ++j) {
-      const float t = std::max(x[j] - sub, -126.0f);
+      const float t = std::max(x[j] * mul - sub, -126.0f);
       const float r = std::floor(t + 0.5f);
       const float f = t - r;
       float p = 1.5252734e-05f;
@@ -67,24 +67,45 @@ struct PortableOps {
   }
 };
 
+// Element i of a DT array as fp32. A typed load per dtype (no switch in the loop), so the fp32 and
+// bf16 tile copies below vectorize.
+template <DType DT>
+inline float in_f32(const void* p, int64_t i) {
+  if constexpr (DT == DType::f32) return static_cast<const float*>(p)[i];
+  else if constexpr (DT == DType::bf16) return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+
 // Copies rows [0, T) of one (b, h) slice of v into dst (T x D fp32, row stride D) or, transposed,
 // into dst (D x T, row stride T).
 template <DType DT>
 void load_tile(const View& v, int64_t b, int64_t h, int64_t T, int64_t D, float* dst, bool transpose) {
   const int64_t base = b * v.sb + h * v.sh;
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t d = 0; d < D; ++d) {
-      const float x = load_f32(v.data, base + t * v.st + d, DT);
-      if (transpose) dst[d * T + t] = x;
-      else dst[t * D + d] = x;
+  if (transpose) {
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t d = 0; d < D; ++d) dst[d * T + t] = in_f32<DT>(v.data, base + t * v.st + d);
+  } else {
+    for (int64_t t = 0; t < T; ++t) {
+      float* row = dst + t * D;
+      const int64_t off = base + t * v.st;
+      for (int64_t d = 0; d < D; ++d) row[d] = in_f32<DT>(v.data, off + d);
     }
+  }
 }
 
 template <DType DT>
 void store_rows(const View& v, int64_t b, int64_t h, int64_t t0, int64_t rows, int64_t D, const float* src) {
   const int64_t base = b * v.sb + h * v.sh;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < D; ++d) store_f32(v.data, base + (t0 + r) * v.st + d, DT, src[r * D + d]);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = src + r * D;
+    const int64_t off = base + (t0 + r) * v.st;
+    if constexpr (DT == DType::f32) {
+      std::memcpy(static_cast<float*>(v.data) + off, row, size_t(D) * sizeof(float));
+    } else {
+      uint16_t* out = static_cast<uint16_t*>(v.data) + off;
+      for (int64_t d = 0; d < D; ++d) out[d] = DT == DType::bf16 ? f32_to_bf16(row[d]) : f32_to_f16(row[d]);
+    }
+  }
 }
 
 template <class Ops, DType DT>
@@ -108,13 +129,15 @@ void forward_dt(const Args& a, int threads) {
         for (int64_t r = 0; r < rows; ++r) {
           float* row = s.data() + r * T;
           const int64_t valid = a.causal ? i0 + r + 1 : T;
-          float mx = -INFINITY;
+          // max of c * row, from the row's max and min (c < 0 for a negative scale). A NaN score makes the
+          // row NaN (as torch): max/min skip NaN, the NaN then flows through exp2.
+          float hi = -INFINITY, lo = INFINITY;
           for (int64_t j = 0; j < valid; ++j) {
-            row[j] *= c;
-            mx = std::max(mx, row[j]);
+            hi = std::max(hi, row[j]);
+            lo = std::min(lo, row[j]);
           }
-          // A NaN score makes the row NaN (as torch): max skips NaN, the NaN then flows through exp2.
-          const float sum = Ops::exp2_row(row, valid, mx);
+          const float mx = std::max(c * hi, c * lo);
+          const float sum = Ops::exp2_row(row, valid, c, mx);
           std::fill(row + valid, row + cols, 0.0f);
           inv[r] = 1.0f / sum;
           lse[i0 + r] = mx + std::log2(sum);
@@ -162,8 +185,7 @@ void backward_dt(const Args& a, int threads) {
           float* pr = p.data() + r * T;
           float* dr = ds.data() + r * T;
           const int64_t valid = a.causal ? i0 + r + 1 : T;
-          for (int64_t j = 0; j < valid; ++j) pr[j] *= c;
-          Ops::exp2_row(pr, valid, lse[i0 + r]);
+          Ops::exp2_row(pr, valid, c, lse[i0 + r]);
           std::fill(pr + valid, pr + cols, 0.0f);
           const float dri = di[size_t(i0 + r)];
           for (int64_t j = 0; j < cols; ++j) dr[j] = pr[j] * (dr[j] - dri) * a.scale;
