@@ -6,6 +6,10 @@ torch.stack, torch AdamW(fused=True), bf16 autocast), same weights, same steps, 
 A third run, the Trainer on the torch-attention model ("trainer_torch_attention"), splits the gain
 into the attention kernel's part and the Trainer's (loader, optimizer, loop) part.
 
+The Trainer tunes glibc malloc for the whole process (fasttrain.train.tune_allocator); here it is
+tuned before anything runs, so the raw loop gets it too and the ratio leaves that gain out. Measured on
+its own, in separate processes: benchmarks/bench_allocator.py.
+
 Reports tokens/s of both, the ratio (target >= 1.2x), the validation loss of both after the same
 number of steps (equal within noise: the two see different random windows; at a few hundred steps the
 spread between seeds is about +-0.15 nats), and where a raw step's CPU time goes (torch.profiler self
@@ -19,13 +23,13 @@ import dataclasses
 import math
 
 import numpy as np
-import pytest
 import torch
 
 import fasttrain
 from fasttrain.bench import interleaved
 from fasttrain.data import TokenLoader, write_tokens
 from fasttrain.examples.charlm import GPT, GPTConfig, stdlib_bytes
+from fasttrain.train import tune_allocator
 
 
 def _step_profile(run) -> dict:
@@ -46,6 +50,7 @@ def _step_profile(run) -> dict:
 
 
 def test_charlm_tokens_per_second(benchmark, smoke, tmp_path):
+    tune_allocator()  # both sides alike (see the module doc)
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32) if smoke else GPTConfig()
     batch, steps, rounds = (8, 2, 1) if smoke else (32, 20, 7)
     data = stdlib_bytes(max_bytes=(1 << 18) if smoke else (8 << 20)).astype(np.uint16)

@@ -8,6 +8,14 @@
   Target: faster than the raw loop.
 - trainer_bare / trainer_fasttrain_bare: the same two without progress bar, CSV and checkpoints (what the
   loop itself costs, apart from what those write).
+- trainer_bare_again: a second, identical trainer_bare. Its ratio to trainer_bare is the noise floor of
+  this measurement on the box (A/A): a difference smaller than that is not resolved.
+
+The Trainer tunes glibc malloc process-wide (fasttrain.train.tune_allocator); it is tuned before
+anything runs, so the raw loop gets it too (its own gain: benchmarks/bench_allocator.py).
+
+Ratios are reported two ways: median / median ("*_vs_raw") and the median of per-round ratios
+("*_vs_raw_paired", fasttrain.bench.paired_ratio).
 
     pytest benchmarks/bench_trainer.py -s
 """
@@ -18,8 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import fasttrain
-from fasttrain.bench import interleaved
+from fasttrain.bench import interleaved, paired_ratio
 from fasttrain.examples.digits import digits_mlp, load_digits_tensors
+from fasttrain.train import tune_allocator
 
 CE = nn.functional.cross_entropy
 
@@ -37,6 +46,7 @@ def raw_epochs(model, opt, loader):
 
 
 def test_trainer_overhead(benchmark, smoke, tmp_path):
+    tune_allocator()  # both sides alike (see the module doc)
     (x, y), _ = load_digits_tensors()
     if smoke:
         x, y = x[:256], y[:256]
@@ -46,7 +56,7 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
     m_raw, m_tr, m_tt = digits_mlp(), digits_mlp(), digits_mlp()
     o_raw = torch.optim.AdamW(m_raw.parameters(), lr=1e-3, fused=True)
 
-    m_trb, m_ttb = digits_mlp(), digits_mlp()
+    m_trb, m_ttb, m_trb2 = digits_mlp(), digits_mlp(), digits_mlp()
 
     def make_trainer(model, ckpt, optimizer, extras=True):
         return fasttrain.Trainer(model, optimizer=optimizer, optimizer_kwargs={"lr": 1e-3} if optimizer == "adamw" else None,
@@ -58,6 +68,7 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
     tt = make_trainer(m_tt, tmp_path / "b", "adamw")
     trb = make_trainer(m_trb, None, torch_adamw, extras=False)  # the same without progress bar, CSV and checkpoints
     ttb = make_trainer(m_ttb, None, "adamw", extras=False)
+    trb2 = make_trainer(m_trb2, None, torch_adamw, extras=False)  # A/A: trb again
 
     def run_trainer(t, data):
         t.max_epochs = t.epoch + EPOCHS
@@ -66,8 +77,9 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
     t = interleaved(
         {"raw": lambda: raw_epochs(m_raw, o_raw, loader), "trainer": lambda: run_trainer(tr, loader),
          "trainer_fasttrain": lambda: run_trainer(tt, (x, y)), "trainer_bare": lambda: run_trainer(trb, loader),
-         "trainer_fasttrain_bare": lambda: run_trainer(ttb, (x, y))},
-        rounds=1 if smoke else 11,
+         "trainer_fasttrain_bare": lambda: run_trainer(ttb, (x, y)),
+         "trainer_bare_again": lambda: run_trainer(trb2, loader)},
+        rounds=1 if smoke else 21,
         warmup=0 if smoke else 1,
     )
     per_step = {k: v.median / (EPOCHS * steps_per_epoch) for k, v in t.items()}
@@ -76,6 +88,10 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
     result["trainer_fasttrain_vs_raw"] = per_step["trainer_fasttrain"] / per_step["raw"]
     result["trainer_bare_vs_raw"] = per_step["trainer_bare"] / per_step["raw"]
     result["trainer_fasttrain_bare_vs_raw"] = per_step["trainer_fasttrain_bare"] / per_step["raw"]
+    for k in ("trainer", "trainer_fasttrain", "trainer_bare", "trainer_fasttrain_bare"):
+        result[f"{k}_vs_raw_paired"] = paired_ratio(t[k], t["raw"])
+    result["noise_floor_bare_again_vs_bare"] = per_step["trainer_bare_again"] / per_step["trainer_bare"]
+    result["noise_floor_bare_again_vs_bare_paired"] = paired_ratio(t["trainer_bare_again"], t["trainer_bare"])
     benchmark.extra_info.update(result)
     print("\n" + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
     benchmark.pedantic(lambda: raw_epochs(m_raw, o_raw, loader), rounds=1, iterations=1)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Timing", "interleaved"]
+__all__ = ["Timing", "interleaved", "paired_ratio"]
 
 
 @dataclass
@@ -57,3 +57,15 @@ def interleaved(
             out[n].seconds.append(time.perf_counter() - t0)
         r += 1
     return out
+
+
+def paired_ratio(num: Timing, den: Timing) -> float:
+    """Median over rounds of num / den, each pair timed in the same round of `interleaved`.
+
+    Less sensitive than median(num) / median(den) to drift that moves whole rounds (on the 2-core box
+    a round of ~1 s can run 5% slower than the next). Both must come from one interleaved() call.
+    """
+    if len(num.seconds) != len(den.seconds) or not num.seconds:
+        raise ValueError(f"paired_ratio: {num.name} has {len(num.seconds)} rounds and {den.name} "
+                         f"{len(den.seconds)}; time both in one interleaved() call")
+    return statistics.median(a / b for a, b in zip(num.seconds, den.seconds))

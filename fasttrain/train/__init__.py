@@ -1,5 +1,6 @@
 """fasttrain.train: the Trainer, its precision policy, callbacks, loggers and checkpoints."""
 
+from fasttrain.train.allocator import tune_allocator
 from fasttrain.train.callbacks import (
     Callback,
     EarlyStopping,
@@ -16,5 +17,5 @@ from fasttrain.train.trainer import Trainer
 __all__ = [
     "Trainer", "Precision", "PRESETS", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateMonitor",
     "ThroughputMonitor", "Timer", "CSVLogger", "TensorBoardLogger", "MLflowLogger", "Logger", "CheckpointError", "save_checkpoint",
-    "load_checkpoint",
+    "load_checkpoint", "tune_allocator",
 ]

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fasttrain.ops import clip_grad_norm_
+from fasttrain.train.allocator import tune_allocator
 from fasttrain.train.callbacks import Callback
 from fasttrain.train._trainer_state import _TrainerState, is_resumable
 from fasttrain.train.checkpoint import raise_failed_writes
@@ -57,6 +58,9 @@ class Trainer(_TrainerState):
         CSV log.
     compile: False | True | "auto" (times eager and compiled for a few steps and keeps the faster).
     batch_size: used when fit() gets tensors instead of a loader.
+    tune_allocator: at fit() start, raise glibc malloc's mmap/trim thresholds for the whole process, so
+        each step's activations reuse mapped pages instead of faulting them in again (the heap keeps its
+        high-water mark; see fasttrain.train.allocator). False leaves malloc alone.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class Trainer(_TrainerState):
         batch_size: int = 32,
         progress: bool | None = None,
         verbose: bool = True,
+        tune_allocator: bool = True,
     ):
         if max_epochs is None and max_steps is None:
             raise ValueError("Trainer: set max_epochs or max_steps (or both)")
@@ -101,7 +106,7 @@ class Trainer(_TrainerState):
         self._clip_in_optimizer = False
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_every, self.keep_last_k, self.compile, self.seed = checkpoint_every, keep_last_k, compile, seed
-        self.batch_size, self.verbose = batch_size, verbose
+        self.batch_size, self.verbose, self.tune_allocator = batch_size, verbose, tune_allocator
         self.progress = progress if progress is not None else (sys.stderr.isatty() and not os.environ.get("CI"))
         self.callbacks = list(callbacks)
         self.loggers = make_loggers(loggers, self.checkpoint_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -271,6 +276,8 @@ class Trainer(_TrainerState):
         return {k: v for k, v in out.items() if v is not None}
 
     def _fit(self, train_data, val_data, resume) -> None:
+        if self.tune_allocator:
+            tune_allocator()  # process-wide, once: freed activations stay mapped (fasttrain/train/allocator.py)
         self.train_loader = self._as_loader(train_data, shuffle=True)
         self._seed_everything()
         if resume is not None:

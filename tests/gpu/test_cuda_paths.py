@@ -186,3 +186,24 @@ def test_adamw_cuda_100_steps_match_torch(amsgrad):
         ref.step()
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_attention_on_cuda_is_sdpa_and_the_gpt_trains():
+    """fasttrain.ops.attention hands CUDA tensors to scaled_dot_product_attention; the char-LM GPT
+    (which uses it) gets the same loss and gradients on CUDA as the SDPA-configured one."""
+    from fasttrain.examples.charlm import GPT, GPTConfig
+    from fasttrain.ops import attention
+
+    q, k, v = (torch.randn(2, 3, 40, 16, device="cuda") for _ in range(3))
+    assert torch.equal(attention(q, k, v), nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+    torch.manual_seed(0)
+    a = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16)).cuda()
+    b = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, attention="torch")).cuda()
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, 256, (4, 16), device="cuda")
+    la, lb = a(idx, idx), b(idx, idx)
+    la.backward()
+    lb.backward()
+    assert torch.equal(la, lb)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa.grad, pb.grad)
