@@ -136,3 +136,23 @@ def test_tracing_for_export_uses_sdpa():
 def test_bad_input_raises_clear_error(bad, match):
     with pytest.raises((TypeError, ValueError), match=match):
         bad()
+
+
+def test_charlm_gpt_attention_choice():
+    """The example GPT computes the same loss and gradients with fasttrain's kernel as with SDPA (fp32,
+    to fp32 accuracy), falls back to SDPA with dropout in training, and rejects unknown choices."""
+    from fasttrain.examples.charlm import GPT, GPTConfig
+
+    small = dict(n_layer=2, n_head=2, n_embd=32, block_size=24)
+    torch.manual_seed(0)
+    a, b = GPT(GPTConfig(**small)), GPT(GPTConfig(**small, attention="torch"))
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, 256, (3, 24))
+    la, lb = a(idx, idx), b(idx, idx)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="'fasttrain' or 'torch'"):
+        GPTConfig(attention="flash")
