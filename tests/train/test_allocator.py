@@ -8,7 +8,7 @@ import torch
 
 import fasttrain
 from fasttrain.train import allocator
-from tests._subprocess import run_python
+from _subprocess import run_python
 
 # Three 12 MiB blocks allocated, touched and freed per cycle: with glibc's defaults the freed heap top
 # (36 MiB) is past the trim threshold, so every cycle faults the pages in again.
