@@ -4,7 +4,7 @@ glibc's malloc gives large freed blocks back to the kernel: a block at or above 
 unmapped on free, and the top of the heap is trimmed once more than M_TRIM_THRESHOLD of it is free. A
 training step allocates and frees the same activations and gradients every step, so it then faults
 them back in every step, and the kernel zeroes each fresh 4 KiB page first. On the 2-core box a bf16
-char-LM step (the demo GPT, batch 32 x 128) ran 11-15% faster with the thresholds raised
+char-LM step (the demo GPT, batch 32 x 128) ran 1.10x-1.21x faster with the thresholds raised
 (`benchmarks/bench_allocator.py`, separate processes).
 
 `tune_allocator()` raises both, once per process: M_MMAP_THRESHOLD to 32 MiB (glibc's maximum: larger
