@@ -165,7 +165,8 @@ void backward_dt(const Args& a, int threads) {
       const int64_t b = bh / a.H, h = bh % a.H;
       load_tile<DT>(a.q, b, h, T, D, q.data(), false);
       load_tile<DT>(a.k, b, h, T, D, k.data(), false);
-      load_tile<DT>(a.k, b, h, T, D, kt.data(), true);
+      for (int64_t t = 0; t < T; ++t)  // K^T from the fp32 tile: no second read of k's source rows
+        for (int64_t d = 0; d < D; ++d) kt[size_t(d * T + t)] = k[size_t(t * D + d)];
       load_tile<DT>(a.v, b, h, T, D, vt.data(), true);
       load_tile<DT>(a.dout, b, h, T, D, dout.data(), false);
       load_tile<DT>(a.o, b, h, T, D, o.data(), false);
