@@ -15,7 +15,6 @@ from fasttrain.train.checkpoint import (
     commit_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    prune_checkpoints,
     raise_failed_writes,
     serialize_checkpoint,
     stage_checkpoint,
@@ -82,7 +81,7 @@ class _TrainerState:
             return
         raise_failed_writes()
         path = self.checkpoint_dir / f"step-{self.global_step}.ckpt"
-        staged = stage_checkpoint(path, self.state_dict())
+        staged = stage_checkpoint(path, self.state_dict(), recycle=True)
         self._saved_step = self.global_step
         with self._ckpt_lock:
             job = self._pending_ckpt
@@ -91,13 +90,12 @@ class _TrainerState:
                 replaced.discard()
                 return
             job = self._pending_ckpt = [staged]
-        directory, keep, lock = self.checkpoint_dir, self.keep_last_k, self._ckpt_lock
+        keep, lock = self.keep_last_k, self._ckpt_lock
 
         def write():
             with lock:  # taken: a newer checkpoint now queues a job of its own
                 item, job[0] = job[0], None
-            commit_checkpoint(item)
-            prune_checkpoints(directory, keep)
+            commit_checkpoint(item, prune_keep=keep, recycle=True)  # one call, GIL released
 
         write_in_background(write)
 

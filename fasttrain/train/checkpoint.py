@@ -29,7 +29,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint", "list_checkpoints", "CheckpointError", "atomic_write_bytes",
     "serialize_checkpoint", "write_checkpoint_bytes", "stage_checkpoint", "commit_checkpoint", "StagedCheckpoint",
     "write_in_background", "wait_for_writes", "raise_failed_writes",
-    "prune_checkpoints",
+    "prune_checkpoints", "recycle_path",
 ]
 
 # File layout (FTCKPT03): a 40-byte header = magic (8) + CRC-32C of the payload (4, little-endian) +
@@ -110,12 +110,21 @@ class StagedCheckpoint:
         self.tmp.unlink(missing_ok=True)
 
 
-def stage_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> StagedCheckpoint:
+def recycle_path(directory: str | os.PathLike) -> Path:
+    """Where `prune_checkpoints(..., recycle=True)` parks a pruned checkpoint of this process for the
+    next `stage_checkpoint(..., recycle=True)` to overwrite (a hidden temp file)."""
+    return Path(directory) / f".recycle.{os.getpid()}.tmp"
+
+
+def stage_checkpoint(path: str | os.PathLike, state: dict[str, Any], recycle: bool = False) -> StagedCheckpoint:
     """The CPU half of a checkpoint write, for the training thread: serialize (tensor bytes not
     copied), checksum and copy into the page cache (~0.6 ms per MB here). Done on a background thread
     instead, the same work preempts one of torch's OpenMP workers and every other worker then waits
     for it at the next barrier: measured about twice its own CPU time in step time on the 2-core box.
-    What is left for the background, fsync and rename (`commit_checkpoint`), is waiting."""
+    What is left for the background, fsync and rename (`commit_checkpoint`), is waiting.
+    recycle=True overwrites the checkpoint that `prune_checkpoints(..., recycle=True)` parked, if any,
+    instead of creating a file: its pages are still cached, so the copy skips the page allocation
+    (for the digits Trainer's 1 MB: ~0.4 ms -> ~0.1 ms on tmpfs, ~0.2 ms -> ~0.04 ms on ext4 here)."""
     parts = _serial.dumps_parts(state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,15 +132,17 @@ def stage_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> StagedCh
 
     # Unique per call: a step can be staged again (at the epoch end) while its first version waits.
     tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_stage_ids)}.tmp"
-    fd = _C.write_file_begin(str(tmp), [_header(parts), *parts])
+    fd = _C.write_file_begin(str(tmp), [_header(parts), *parts], str(recycle_path(path.parent)) if recycle else "")
     return StagedCheckpoint(path, tmp, fd)
 
 
-def commit_checkpoint(staged: StagedCheckpoint) -> Path:
-    """fsync, close, rename into place and fsync the directory (GIL released): the durable half."""
+def commit_checkpoint(staged: StagedCheckpoint, prune_keep: int = 0, recycle: bool = False) -> Path:
+    """fsync, close, rename into place and fsync the directory: the durable half. prune_keep > 0 then
+    runs `prune_checkpoints(directory, prune_keep, recycle)` in the same call (all without the GIL)."""
     from fasttrain._ext import _C
 
-    _C.write_file_commit(staged.fd, str(staged.tmp), str(staged.path))
+    parked = str(recycle_path(staged.path.parent)) if recycle else ""
+    _C.write_file_commit(staged.fd, str(staged.tmp), str(staged.path), prune_keep, parked)
     return staged.path
 
 
@@ -232,28 +243,14 @@ def _step_files(directory: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-_TMP_RE = re.compile(r"^\.step-\d+\.ckpt\.(\d+)\.\d+\.tmp$")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def prune_checkpoints(directory: str | os.PathLike, keep: int) -> None:
+def prune_checkpoints(directory: str | os.PathLike, keep: int, recycle: bool = False) -> None:
     """Deletes all but the newest `keep` step-N.ckpt files (no waiting: runs on the writer thread too),
     and the temp files of checkpoint writes whose process died before renaming them (a kill between
-    stage_checkpoint and commit_checkpoint leaves one behind)."""
-    for old in _step_files(directory)[:-keep]:
-        old.unlink(missing_ok=True)
-    d = Path(directory)
-    if d.is_dir():
-        for p in d.iterdir():
-            m = _TMP_RE.match(p.name)
-            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-                p.unlink(missing_ok=True)
+    stage_checkpoint and commit_checkpoint leaves one behind). recycle=True keeps one pruned file as
+    this process's `recycle_path` for the next `stage_checkpoint(..., recycle=True)`; recycle=False
+    deletes that file too (the end of a run)."""
+    from fasttrain._ext import _C
+
+    _C.prune_checkpoints(str(directory), keep, str(recycle_path(directory)) if recycle else "")
+    if not recycle:
+        recycle_path(directory).unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from fasttrain.ops import clip_grad_norm_
 from fasttrain.train.allocator import tune_allocator
 from fasttrain.train.callbacks import Callback
 from fasttrain.train._trainer_state import _TrainerState, is_resumable
-from fasttrain.train.checkpoint import raise_failed_writes
+from fasttrain.train.checkpoint import prune_checkpoints, raise_failed_writes, write_in_background
 from fasttrain.train.loggers import make_loggers
 from fasttrain.train.precision import Precision, resolve_precision
 
@@ -351,6 +351,9 @@ class Trainer(_TrainerState):
             self._log_train(losses, bar)
         if self.checkpoint_dir is not None and self._saved_step != self.global_step:
             self._save_step_checkpoint()  # stopped mid-epoch (max_steps, should_stop): keep the final state too
+        if self.checkpoint_dir is not None:
+            # After the last write (FIFO): delete the pruned checkpoint parked for reuse.
+            write_in_background(prune_checkpoints, self.checkpoint_dir, self.keep_last_k)
         raise_failed_writes()  # a write still in flight is waited for by readers and at exit
         if bar is not None:
             bar.close()

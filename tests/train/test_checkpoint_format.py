@@ -143,5 +143,53 @@ def test_prune_removes_temp_files_of_dead_processes_only(tmp_path):
     other = tmp_path / ".notes.txt.123.tmp"  # not a checkpoint temp file
     for p in (stale, ours, other):
         p.write_bytes(b"x")
-    prune_checkpoints(tmp_path, keep=3)
-    assert not stale.exists() and ours.exists() and other.exists()
+    stale_parked = tmp_path / f".recycle.{dead_pid}.tmp"
+    ours_parked = tmp_path / f".recycle.{os.getpid()}.tmp"
+    for p in (stale, ours, other, stale_parked, ours_parked):
+        p.write_bytes(b"x")
+    prune_checkpoints(tmp_path, keep=3, recycle=True)
+    assert not stale.exists() and not stale_parked.exists()
+    assert ours.exists() and other.exists() and ours_parked.exists()
+
+
+def _crc32c_bitwise(data: bytes) -> int:
+    c = 0xFFFFFFFF
+    for b in data:
+        c ^= b
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 & -(c & 1))
+    return c ^ 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("n", [1, 7, 3071, 3072, 3073, 3080, 4099, 24 * 1024 + 13])
+def test_crc32c_three_chains_match_the_bitwise_definition(n):
+    """Spans from 3 KiB up run three interleaved chains combined by shifting: any length, any split."""
+    from fasttrain._ext import _C
+
+    data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+    want = _crc32c_bitwise(data)
+    assert _C.crc32c([data]) == want
+    for cut in (0, 1, n // 3, n - 1):
+        assert _C.crc32c([data[:cut], memoryview(data)[cut:]]) == want
+    assert _C.crc32c([data[1:]], _C.crc32c([data[:1]])) == want
+
+
+def test_recycled_checkpoint_file_is_overwritten_and_truncated(tmp_path):
+    """prune(recycle=True) parks the newest pruned file; the next stage(recycle=True) takes it over,
+    and a shorter checkpoint written into a longer old file loads exactly (no stale tail)."""
+    from fasttrain.train.checkpoint import commit_checkpoint, prune_checkpoints, recycle_path, stage_checkpoint
+
+    for step, n in ((1, 50_000), (2, 60_000), (3, 10)):
+        commit_checkpoint(stage_checkpoint(tmp_path / f"step-{step}.ckpt", {"w": torch.full((n,), float(step))}))
+    prune_checkpoints(tmp_path, keep=1, recycle=True)
+    parked = recycle_path(tmp_path)
+    assert parked.stat().st_size > 200_000  # step-2 (the newest pruned; step-1 was replaced by it)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([parked.name, "step-3.ckpt"])
+    staged = stage_checkpoint(tmp_path / "step-4.ckpt", {"w": torch.arange(7.0)}, recycle=True)
+    assert not parked.exists()  # claimed
+    commit_checkpoint(staged, prune_keep=1, recycle=True)
+    assert torch.equal(load_checkpoint(tmp_path / "step-4.ckpt")["w"], torch.arange(7.0))
+    assert (tmp_path / "step-4.ckpt").stat().st_size < 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([parked.name, "step-4.ckpt"])  # step-3 parked
+    prune_checkpoints(tmp_path, keep=1)  # the end of a run: the parked file goes too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-4.ckpt"]

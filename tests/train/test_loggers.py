@@ -161,10 +161,10 @@ def test_slow_checkpoint_writes_never_block_training(tmp_path, monkeypatch):
     gate, written = threading.Event(), []
     real = trainer_mod.commit_checkpoint
 
-    def slow(staged):
+    def slow(staged, **kwargs):
         assert gate.wait(timeout=60)
         written.append(staged.path.name)
-        return real(staged)
+        return real(staged, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "commit_checkpoint", slow)
     trainer_mod.wait_for_writes()  # earlier tests' writes: the first checkpoint must find the writer idle

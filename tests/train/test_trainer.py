@@ -81,6 +81,7 @@ def test_model_checkpoint_keeps_best_and_last(tmp_path, digits):
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"step", "train_loss", "val_loss", "val_acc"} <= set(header)
     assert len(list(tmp_path.glob("step-*.ckpt"))) == 3  # keep_last_k
+    assert not list(tmp_path.glob(".*"))  # the pruned file parked for reuse is deleted at the end of fit
 
 
 def test_corrupt_and_truncated_checkpoints_are_detected(tmp_path, digits):
