@@ -84,9 +84,10 @@ Failure write_begin(const std::string& tmp, const std::vector<std::pair<const ch
   return {};
 }
 
-Failure write_commit(int fd, const std::string& tmp, const std::string& path) {
+// durable=false skips both fsyncs (log files: whole or old after a crash, maybe not the newest).
+Failure write_commit(int fd, const std::string& tmp, const std::string& path, bool durable = true) {
   Failure f;
-  bool ok = ::fsync(fd) == 0;
+  bool ok = !durable || ::fsync(fd) == 0;
   if (!ok) f = {errno, tmp};
   if (::close(fd) != 0 && ok) f = {errno, tmp}, ok = false;
   if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) f = {errno, path}, ok = false;
@@ -94,6 +95,7 @@ Failure write_commit(int fd, const std::string& tmp, const std::string& path) {
     ::unlink(tmp.c_str());
     return f;
   }
+  if (!durable) return f;
   const size_t slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_CLOEXEC);
@@ -105,10 +107,11 @@ Failure write_commit(int fd, const std::string& tmp, const std::string& path) {
 
 // tmp is created exclusively next to path, written, fsynced, renamed over path; then the directory
 // is fsynced so the rename itself is durable. On failure tmp is removed.
-Failure write_durable(const std::string& path, const std::string& tmp, const std::vector<std::pair<const char*, size_t>>& parts) {
+Failure write_durable(const std::string& path, const std::string& tmp, const std::vector<std::pair<const char*, size_t>>& parts,
+                      bool durable) {
   int fd = -1;
   const Failure f = write_begin(tmp, parts, fd);
-  return f.err ? f : write_commit(fd, tmp, path);
+  return f.err ? f : write_commit(fd, tmp, path, durable);
 }
 
 // --- checkpoint directory pruning (fasttrain.train.checkpoint.prune_checkpoints) -------------------
@@ -180,9 +183,17 @@ Failure prune_dir(const std::string& dir, long long keep, const std::string& rec
   return {};
 }
 
+// parts: buffer-protocol objects, or (address, nbytes, owner...) tuples for memory the caller keeps
+// alive (a tensor's data_ptr: one call instead of four to make a buffer of it).
 std::vector<std::pair<const char*, size_t>> spans_of(const py::list& parts, std::vector<py::buffer_info>& infos) {
   std::vector<std::pair<const char*, size_t>> spans;
   for (const auto& obj : parts) {
+    if (py::isinstance<py::tuple>(obj)) {
+      const auto t = py::reinterpret_borrow<py::tuple>(obj);
+      if (t.size() < 2) throw py::value_error("a (address, nbytes, ...) part needs two integers");
+      spans.emplace_back(reinterpret_cast<const char*>(t[0].cast<uintptr_t>()), t[1].cast<size_t>());
+      continue;
+    }
     infos.push_back(py::reinterpret_borrow<py::buffer>(obj).request());
     const auto& bi = infos.back();
     spans.emplace_back(static_cast<const char*>(bi.ptr), size_t(bi.size * bi.itemsize));
@@ -307,20 +318,21 @@ namespace ft {
 void bind_io(py::module_ m) {
   m.def(
       "write_file_durable",
-      [](const std::string& path, const std::string& tmp, const py::list& parts) {
+      [](const std::string& path, const std::string& tmp, const py::list& parts, bool durable) {
         // The buffers stay referenced by `parts` (and the caller) while the GIL is released.
         std::vector<py::buffer_info> infos;
         const auto spans = spans_of(parts, infos);
         Failure f;
         {
           py::gil_scoped_release nogil;
-          f = write_durable(path, tmp, spans);
+          f = write_durable(path, tmp, spans, durable);
         }
         if (f.err) raise_failure(f);
       },
-      py::arg("path"), py::arg("tmp"), py::arg("parts"),
+      py::arg("path"), py::arg("tmp"), py::arg("parts"), py::arg("durable") = true,
       "Writes the concatenated buffers to tmp, fsyncs, renames over path and fsyncs the directory, "
-      "all with the GIL released. Raises OSError naming the file on failure (tmp removed).");
+      "all with the GIL released (durable=False: no fsyncs). Raises OSError naming the file on failure "
+      "(tmp removed).");
 
   m.def(
       "crc32c",
@@ -353,6 +365,35 @@ void bind_io(py::module_ m) {
       "write_file_commit. tmp is created exclusively, or, when the file `recycle` exists, that file is "
       "renamed to tmp and overwritten in place (its cached pages are reused). Raises OSError naming the "
       "file on failure (tmp removed).");
+
+  m.def(
+      "write_checkpoint_begin",
+      [](const std::string& tmp, const py::bytes& magic, size_t header_len, const py::list& parts,
+         const std::string& recycle) {
+        const std::string mg = magic;
+        if (mg.size() != 8 || header_len < 20) throw py::value_error("write_checkpoint_begin: 8-byte magic, header_len >= 20");
+        std::vector<py::buffer_info> infos;
+        auto spans = spans_of(parts, infos);
+        std::string header(header_len, '\0');
+        int fd = -1;
+        Failure f;
+        {
+          py::gil_scoped_release nogil;
+          uint32_t crc = 0;
+          uint64_t n = 0;
+          for (const auto& [p, len] : spans) crc = crc32c_update(crc, reinterpret_cast<const unsigned char*>(p), len), n += len;
+          std::memcpy(header.data(), mg.data(), 8);
+          for (int i = 0; i < 4; ++i) header[8 + i] = char((crc >> (8 * i)) & 0xFFu);  // little-endian
+          for (int i = 0; i < 8; ++i) header[12 + i] = char((n >> (8 * i)) & 0xFFu);
+          spans.insert(spans.begin(), {header.data(), header.size()});
+          f = write_begin(tmp, spans, fd, recycle);
+        }
+        if (f.err) raise_failure(f);
+        return fd;
+      },
+      py::arg("tmp"), py::arg("magic"), py::arg("header_len"), py::arg("parts"), py::arg("recycle") = std::string(),
+      "write_file_begin of a checkpoint: a header_len-byte header (magic, CRC-32C of the concatenated parts "
+      "as u32 LE, their length as u64 LE, zeros) and then the parts; one call with the GIL released.");
 
   m.def(
       "write_file_commit",

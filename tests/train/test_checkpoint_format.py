@@ -98,6 +98,16 @@ def test_crc32c_matches_the_standard_check_value():
     assert _C.crc32c([b"6789"], _C.crc32c([b"12345"])) == 0xE3069283  # and continue
 
 
+def test_file_writers_take_address_spans():
+    """(data_ptr, nbytes, owner) tuples read the same bytes as the buffer they describe."""
+    from fasttrain._ext import _C
+
+    t = torch.arange(5000, dtype=torch.float32)
+    assert _C.crc32c([(t.data_ptr(), t.nbytes, t), b"x"]) == _C.crc32c([t.numpy(), b"x"])
+    with pytest.raises(ValueError, match="two integers"):
+        _C.crc32c([(t.data_ptr(),)])
+
+
 def test_truncated_payload_is_detected_by_length(tmp_path):
     path = save_checkpoint(tmp_path / "c.ckpt", {"w": torch.zeros(1000)})
     path.write_bytes(path.read_bytes()[:-64])
@@ -108,10 +118,11 @@ def test_truncated_payload_is_detected_by_length(tmp_path):
 def test_staged_checkpoint_is_invisible_until_committed(tmp_path):
     from fasttrain.train.checkpoint import commit_checkpoint, stage_checkpoint
 
-    staged = stage_checkpoint(tmp_path / "s.ckpt", {"w": torch.ones(3)})
-    assert not (tmp_path / "s.ckpt").exists()
+    staged = stage_checkpoint(tmp_path / "new" / "s.ckpt", {"w": torch.ones(3)})  # creates the directory
+    assert not (tmp_path / "new" / "s.ckpt").exists()
     commit_checkpoint(staged)
-    assert torch.equal(load_checkpoint(tmp_path / "s.ckpt")["w"], torch.ones(3))
+    assert torch.equal(load_checkpoint(tmp_path / "new" / "s.ckpt")["w"], torch.ones(3))
+    tmp_path = tmp_path / "new"
     dropped = stage_checkpoint(tmp_path / "t.ckpt", {"w": torch.ones(3)})
     dropped.discard()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ckpt"]
