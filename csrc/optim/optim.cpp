@@ -1,11 +1,12 @@
-// OpenMP drivers for the optimizer span kernels: split one flat buffer into fixed chunks and run
-// them on a static schedule. Element-wise updates do not reduce anything, so the result is bitwise
+// OpenMP drivers for the optimizer span kernels: each thread updates an equal contiguous share of
+// the elements. Element-wise updates do not reduce anything, so the result is bitwise
 // independent of the thread count.
 #include "optim.h"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "../dispatch.h"
@@ -21,13 +22,22 @@ constexpr int64_t kParallelMin = int64_t(1) << 15;
 
 int threads_for(int64_t n, int threads) { return n < kParallelMin ? 1 : std::max(threads, 1); }
 
+// Thread t of T takes the t-th of T equal contiguous shares of [0, n), cut at multiples of kQBlock
+// elements (no 8-bit block straddles two threads), and runs it in kChunk pieces. Equal shares rather
+// than kChunk chunks dealt out statically: with 64K chunks, a digits MLP's 85K parameters in six
+// tensors gave one thread 97% of the work.
+std::pair<int64_t, int64_t> share(int64_t n, int64_t T, int64_t t) {
+  const int64_t per = ((n + T - 1) / T + kQBlock - 1) / kQBlock * kQBlock;
+  const int64_t lo = std::min(n, t * per);
+  return {lo, std::min(n, lo + per)};
+}
+
 template <class F>
 void for_chunks(int64_t n, int threads, F&& f) {
-  const int64_t nc = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for num_threads(threads_for(n, threads)) schedule(static)
-  for (int64_t c = 0; c < nc; ++c) {
-    const int64_t off = c * kChunk;
-    f(off, std::min(kChunk, n - off));
+#pragma omp parallel num_threads(threads_for(n, threads))
+  {
+    const auto [lo, hi] = share(n, omp_get_num_threads(), omp_get_thread_num());
+    for (int64_t off = lo; off < hi; off += kChunk) f(off, std::min(kChunk, hi - off));
   }
 }
 
@@ -53,22 +63,21 @@ void adamw_f32(float* p, const float* g, float* m, float* v, float* max_v, int64
 
 void adamw_f32_multi(float* const* p, const float* const* g, float* const* m, float* const* v, float* const* max_v,
                      const int64_t* n, int64_t nt, const AdamWArgs& a, int threads) {
-  struct Piece {
-    int64_t t, off, len;
-  };
-  std::vector<Piece> pieces;
-  int64_t total = 0;
-  for (int64_t t = 0; t < nt; ++t) {
-    for (int64_t off = 0; off < n[t]; off += kChunk) pieces.push_back({t, off, std::min(kChunk, n[t] - off)});
-    total += n[t];
-  }
+  // The tensors as one index space [0, total), split into equal shares as in for_chunks.
+  std::vector<int64_t> start(size_t(nt) + 1, 0);
+  for (int64_t t = 0; t < nt; ++t) start[size_t(t) + 1] = start[size_t(t)] + n[t];
+  const int64_t total = start[size_t(nt)];
   const OptimKernels& k = kernels();
-  const int64_t np = int64_t(pieces.size());
-#pragma omp parallel for num_threads(threads_for(total, threads)) schedule(static)
-  for (int64_t i = 0; i < np; ++i) {
-    const Piece& c = pieces[size_t(i)];
-    k.adamw_f32(p[c.t] + c.off, g[c.t] + c.off, m[c.t] + c.off, v[c.t] + c.off, max_v ? max_v[c.t] + c.off : nullptr,
-                c.len, a);
+#pragma omp parallel num_threads(threads_for(total, threads))
+  {
+    const auto [lo, hi] = share(total, omp_get_num_threads(), omp_get_thread_num());
+    for (int64_t t = 0; t < nt; ++t) {
+      const int64_t a0 = std::max(lo, start[size_t(t)]) - start[size_t(t)];
+      const int64_t a1 = std::min(hi, start[size_t(t) + 1]) - start[size_t(t)];
+      for (int64_t off = a0; off < a1; off += kChunk)
+        k.adamw_f32(p[t] + off, g[t] + off, m[t] + off, v[t] + off, max_v ? max_v[t] + off : nullptr,
+                    std::min(kChunk, a1 - off), a);
+    }
   }
 }
 
@@ -77,7 +86,7 @@ void adamw_mixed(const MixedBufs& b, int64_t n, const AdamWArgs& a, int threads)
   for_chunks(n, threads, [&](int64_t off, int64_t len) { k.adamw_mixed(b, off, len, a); });
 }
 
-// kChunk is a multiple of kQBlock, so no 8-bit block straddles two chunks (or two threads).
+// kChunk and the shares are multiples of kQBlock, so no 8-bit block straddles two chunks or threads.
 static_assert(kChunk % kQBlock == 0, "8-bit blocks must not straddle chunks");
 
 void adamw_int8(const Int8Bufs& b, int64_t n, const AdamWArgs& a, int threads) {

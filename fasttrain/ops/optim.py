@@ -281,8 +281,9 @@ def adamw_multi_step_(
 
     params[i], grads[i], exp_avgs[i], exp_avg_sqs[i] (, max_exp_avg_sqs[i] iff amsgrad): fp32, CPU,
     contiguous, the same numel within each i (any shapes); params and states are updated in place.
-    Tensor i may differ in size from tensor j: every tensor is cut into 64K-element pieces and all the
-    pieces share one thread schedule. Same arithmetic, element for element, as `adamw_step_`.
+    Tensor i may differ in size from tensor j: the tensors form one index space that the threads split
+    into equal shares (a share may start or end inside a tensor). Same arithmetic, element for
+    element, as `adamw_step_`, for any thread count.
     """
     lr, beta1, beta2, eps, weight_decay, step = (float(x) for x in (lr, beta1, beta2, eps, weight_decay, step))
     _check_hparams(_MULTI, lr, beta1, beta2, eps, weight_decay, step)

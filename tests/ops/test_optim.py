@@ -75,6 +75,26 @@ def test_adamw_step_same_result_for_any_thread_count(monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("sizes", [(7, 4099, 1, 70000), (16384, 256, 65536, 256, 2560, 10), (1,)])
+def test_adamw_multi_step_same_result_for_any_thread_count(monkeypatch, sizes):
+    """The threads' equal shares cut tensors anywhere (mid-tensor, mid-vector): for 1, 2 and 3 threads
+    the result is bit for bit adamw_step_'s on each tensor alone."""
+    g = torch.Generator().manual_seed(len(sizes))
+    bufs = [[torch.randn(n, generator=g) * s for n in sizes] for s in (1.0, 1.0, 0.1, 0.01)]
+    bufs[3] = [t.abs() for t in bufs[3]]
+    single = [[t.clone() for t in ts] for ts in bufs]
+    monkeypatch.setenv("FASTTRAIN_NUM_THREADS", "1")
+    for i in range(len(sizes)):
+        adamw_step_(*(ts[i] for ts in single), lr=1e-3, step=2)
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("FASTTRAIN_NUM_THREADS", threads)
+        b = [[t.clone() for t in ts] for ts in bufs]
+        adamw_multi_step_(*b, lr=1e-3, step=2)
+        for ts_out, ts_single in zip(b, single):
+            for a, want in zip(ts_out, ts_single):
+                assert torch.equal(a, want)
+
+
 def test_adamw_step_nan_grad_propagates_like_torch(isa):
     p, grad, m, v, mx = make_state(33)
     grad[5] = float("nan")
