@@ -139,6 +139,13 @@ def fill_batch(op: str, plans: Sequence, outs: Sequence[torch.Tensor], idx: np.n
     _C.data.fill_batch(list(plans), [o.data_ptr() for o in outs], idx.ctypes.data, len(idx), seed, epoch, threads or num_threads())
 
 
+def fill_batch_trusted(plans: list, out_ptrs: list[int], idx: np.ndarray, seed: int, epoch: int, threads: int) -> None:
+    """fill_batch for callers whose buffers and indices are valid by construction (fasttrain.data.Loader:
+    its own output buffers, indices from `sample_indices`): skips the per-batch checks (~10 us of a
+    small batch's ~30 us). out_ptrs: the outputs' data_ptr()s."""
+    _C.data.fill_batch(plans, out_ptrs, idx.ctypes.data, len(idx), seed, epoch, threads)
+
+
 def sample_indices(n: int, seed: int, epoch: int, shuffle: bool, rank: int, world_size: int, start: int, count: int) -> np.ndarray:
     """Sample indices of rank-local positions [start, start + count): see fasttrain.ops.reference.sample_indices_reference."""
     out = np.empty(count, dtype=np.int64)
