@@ -11,6 +11,7 @@ import io
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -75,12 +76,15 @@ class CSVLogger(Logger):
         if self._file is None:  # kept open between log points: no open/close per row
             self._file = self.path.open("a", newline="")
             self._writer = csv.DictWriter(self._file, fieldnames=self.columns)
+            # Rows logged outside fit() (validate()) reopen it with nobody to call close(): closed when
+            # this logger is collected or at exit instead.
+            self._closer = weakref.finalize(self, self._file.close)
         self._writer.writerow(row)
         self._file.flush()  # readers (and a crash) see every row; one write syscall
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            self._closer()  # closes the file (once)
             self._file = self._writer = None
 
 

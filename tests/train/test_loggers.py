@@ -70,6 +70,29 @@ def test_csv_logger_writes_metrics_and_hparams(tmp_path):
     assert rows[0].split(",")[:2] == ["step", "epoch"] and len(rows) == 4  # header + steps 2, 4, 6
 
 
+def test_csv_logger_rows_are_visible_at_once_and_survive_close(tmp_path):
+    """The file stays open between rows, but every row is flushed; after close() (the end of a fit)
+    logging again appends to the same file; a new metric rewrites it with the new column."""
+    import csv as csv_mod
+
+    from fasttrain.train.loggers import CSVLogger
+
+    lg = CSVLogger(tmp_path)
+    rows = lambda: list(csv_mod.DictReader((tmp_path / "metrics.csv").read_text().splitlines()))  # noqa: E731
+    lg.log(1, {"loss": 2.0})
+    lg.log(2, {"loss": 1.5})
+    assert [r["loss"] for r in rows()] == ["2.0", "1.5"]  # read while the logger holds the file open
+    lg.close()
+    lg.log(3, {"loss": 1.0})
+    assert [r["step"] for r in rows()] == ["1", "2", "3"]
+    lg.log(4, {"loss": 0.5, "val_acc": 0.9})
+    assert list(rows()[-1].items()) == [("step", "4"), ("loss", "0.5"), ("val_acc", "0.9")]
+    lg.log(5, {"loss": 0.25})
+    assert [r["val_acc"] for r in rows()] == ["", "", "", "0.9", ""]
+    lg.close()
+    lg.close()  # idempotent
+
+
 def test_csv_logger_rewrites_hparams_only_when_they_change(tmp_path):
     from fasttrain.train.loggers import CSVLogger
 
