@@ -67,8 +67,12 @@ Failure write_begin(const std::string& tmp, const std::vector<std::pair<const ch
                     const std::string& recycle = {}) {
   int fd = -1;
   const bool reused = !recycle.empty() && ::rename(recycle.c_str(), tmp.c_str()) == 0;
-  if (reused) fd = ::open(tmp.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (reused && (fd = ::open(tmp.c_str(), O_WRONLY | O_CLOEXEC)) < 0) {
+    const Failure f{errno, tmp};
+    ::unlink(tmp.c_str());  // claimed but unusable: leave no temp file behind
+    return f;
+  }
+  if (!reused) fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return {errno, tmp};
   off_t total = 0;
   for (const auto& [p, n] : parts) total += off_t(n);

@@ -87,7 +87,7 @@ class _TrainerState:
             job = self._pending_ckpt
             if job is not None and job[0] is not None:  # queued, not started: take its place
                 replaced, job[0] = job[0], staged
-                replaced.discard()
+                replaced.discard(recycle=True)
                 return
             job = self._pending_ckpt = [staged]
         keep, lock = self.keep_last_k, self._ckpt_lock

@@ -93,8 +93,15 @@ class StagedCheckpoint:
     def __init__(self, path: Path, tmp: Path, fd: int):
         self.path, self.tmp, self.fd = path, tmp, fd
 
-    def discard(self) -> None:
+    def discard(self, recycle: bool = False) -> None:
+        """Drops the staged file; recycle=True parks it for the next `stage_checkpoint(recycle=True)`."""
         os.close(self.fd)
+        if recycle:
+            try:
+                os.replace(self.tmp, recycle_path(self.path.parent))
+                return
+            except OSError:
+                pass  # deleted instead
         self.tmp.unlink(missing_ok=True)
 
 

@@ -202,5 +202,7 @@ def test_recycled_checkpoint_file_is_overwritten_and_truncated(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "step-4.ckpt")["w"], torch.arange(7.0))
     assert (tmp_path / "step-4.ckpt").stat().st_size < 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([parked.name, "step-4.ckpt"])  # step-3 parked
+    stage_checkpoint(tmp_path / "step-5.ckpt", {"w": torch.ones(3)}, recycle=True).discard(recycle=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([parked.name, "step-4.ckpt"])  # parked again
     prune_checkpoints(tmp_path, keep=1)  # the end of a run: the parked file goes too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-4.ckpt"]
