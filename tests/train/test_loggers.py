@@ -200,3 +200,18 @@ def test_slow_checkpoint_writes_never_block_training(tmp_path, monkeypatch):
     # the newest; every other one was replaced while queued.
     assert written[-1] == f"step-{t.global_step}.ckpt" and 1 <= len(written) <= 2
     assert not list(tmp_path.glob(".*.tmp"))  # the replaced checkpoints' temp files were removed
+
+
+def test_progress_bar_ends_on_the_final_step_and_loss(capsys, monkeypatch):
+    """Redraws are rate-limited (tqdm's 0.1 s), so the final state is drawn when fit() ends: the last
+    line shows every step and the last logged loss."""
+    pytest.importorskip("tqdm")
+    clock = iter(range(0, 10**6, 1))  # log points 1 ms apart (fake monotonic seconds / 1000)
+    monkeypatch.setattr("fasttrain.train.trainer._monotonic", lambda: next(clock) / 1000)
+    t = fasttrain.Trainer(digits_mlp(16), optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1), loss_fn=CE,
+                          max_steps=20, log_every=1, loggers=(), verbose=False, progress=True)
+    t.fit(small_data())
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "20/20" in last and f"loss={t.history[-1]['train_loss']:.4f}" in last
+    assert err.count("loss=") < 20  # not one redraw per log point
