@@ -290,6 +290,7 @@ class Trainer(_TrainerState):
             self._setup_compile()
         bar = self._progress_bar()
         self._bar_drawn = -math.inf  # when _log_train last redrew the bar (_monotonic)
+        self._bar_loss: float | None = None  # the last logged train_loss, for the bar
         hp = self.hparams() if self.loggers else {}
         for lg in self.loggers:
             lg.log_hyperparams(hp)
@@ -358,6 +359,8 @@ class Trainer(_TrainerState):
             write_in_background(prune_checkpoints, self.checkpoint_dir, self.keep_last_k)
         raise_failed_writes()  # a write still in flight is waited for by readers and at exit
         if bar is not None:
+            if self._bar_loss is not None:  # the last logged loss, maybe not drawn yet: close() draws it
+                bar.set_postfix(loss=f"{self._bar_loss:.4f}", refresh=False)
             bar.close()
         self._call("on_fit_end")
 
@@ -395,14 +398,14 @@ class Trainer(_TrainerState):
         self._emit(metrics)
         if bar is not None:
             bar.n = self.global_step
-            # Redrawn at most every bar.mininterval (tqdm's own 0.1 s default): with short log intervals a
-            # redraw per log point cost ~0.1-0.2 ms of cold Python each. close() draws the final state.
+            # Redrawn at most every bar.mininterval (tqdm's own 0.1 s default): a redraw at every log point
+            # cost the step carrying it 40-80 us more (benchmarks/profile_trainer_extras.py). close()
+            # draws the final state.
+            self._bar_loss = metrics["train_loss"]
             now = _monotonic()
             if now - self._bar_drawn >= bar.mininterval:
                 self._bar_drawn = now
-                bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", refresh=True)
-            else:
-                bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{self._bar_loss:.4f}", refresh=True)
 
     def _emit(self, metrics: dict[str, float]) -> None:
         self.history.append({"step": self.global_step, **metrics})
