@@ -8,8 +8,10 @@
   Target: faster than the raw loop.
 - trainer_bare / trainer_fasttrain_bare: the same two without progress bar, CSV and checkpoints (what the
   loop itself costs, apart from what those write).
-- trainer_bare_again: a second, identical trainer_bare. Its ratio to trainer_bare is the noise floor of
-  this measurement on the box (A/A): a difference smaller than that is not resolved.
+- trainer_bare_again: a second, identical trainer_bare; raw_again: a second raw loop on its own model
+  (same data and optimizer settings). Their ratios to trainer_bare and raw are the noise floor of this
+  measurement on the box (A/A, which includes where each model's tensors happen to land in memory): a
+  difference smaller than that is not resolved.
 
 The Trainer tunes glibc malloc process-wide (fasttrain.train.tune_allocator); it is tuned before
 anything runs, so the raw loop gets it too (its own gain: benchmarks/bench_allocator.py).
@@ -55,6 +57,8 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
     torch.manual_seed(0)
     m_raw, m_tr, m_tt = digits_mlp(), digits_mlp(), digits_mlp()
     o_raw = torch.optim.AdamW(m_raw.parameters(), lr=1e-3, fused=True)
+    m_raw2 = digits_mlp()
+    o_raw2 = torch.optim.AdamW(m_raw2.parameters(), lr=1e-3, fused=True)
 
     m_trb, m_ttb, m_trb2 = digits_mlp(), digits_mlp(), digits_mlp()
 
@@ -75,11 +79,12 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
         t.fit(data)
 
     t = interleaved(
-        {"raw": lambda: raw_epochs(m_raw, o_raw, loader), "trainer": lambda: run_trainer(tr, loader),
+        {"raw": lambda: raw_epochs(m_raw, o_raw, loader), "raw_again": lambda: raw_epochs(m_raw2, o_raw2, loader),
+         "trainer": lambda: run_trainer(tr, loader),
          "trainer_fasttrain": lambda: run_trainer(tt, (x, y)), "trainer_bare": lambda: run_trainer(trb, loader),
          "trainer_fasttrain_bare": lambda: run_trainer(ttb, (x, y)),
          "trainer_bare_again": lambda: run_trainer(trb2, loader)},
-        rounds=1 if smoke else 21,
+        rounds=1 if smoke else 41,
         warmup=0 if smoke else 1,
     )
     per_step = {k: v.median / (EPOCHS * steps_per_epoch) for k, v in t.items()}
@@ -92,6 +97,8 @@ def test_trainer_overhead(benchmark, smoke, tmp_path):
         result[f"{k}_vs_raw_paired"] = paired_ratio(t[k], t["raw"])
     result["noise_floor_bare_again_vs_bare"] = per_step["trainer_bare_again"] / per_step["trainer_bare"]
     result["noise_floor_bare_again_vs_bare_paired"] = paired_ratio(t["trainer_bare_again"], t["trainer_bare"])
+    result["noise_floor_raw_again_vs_raw"] = per_step["raw_again"] / per_step["raw"]
+    result["noise_floor_raw_again_vs_raw_paired"] = paired_ratio(t["raw_again"], t["raw"])
     benchmark.extra_info.update(result)
     print("\n" + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
     benchmark.pedantic(lambda: raw_epochs(m_raw, o_raw, loader), rounds=1, iterations=1)
