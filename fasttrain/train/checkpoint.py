@@ -113,13 +113,14 @@ def recycle_path(directory: str | os.PathLike) -> Path:
 
 def stage_checkpoint(path: str | os.PathLike, state: dict[str, Any], recycle: bool = False) -> StagedCheckpoint:
     """The CPU half of a checkpoint write, for the training thread: serialize (tensor bytes not
-    copied), checksum and copy into the page cache (~0.6 ms per MB here). Done on a background thread
+    copied), checksum and copy into the page cache (~0.5 ms for the digits Trainer's 1 MB state here,
+    `benchmarks/bench_checkpoint_io.py`). Done on a background thread
     instead, the same work preempts one of torch's OpenMP workers and every other worker then waits
     for it at the next barrier: measured about twice its own CPU time in step time on the 2-core box.
     What is left for the background, fsync and rename (`commit_checkpoint`), is waiting.
     recycle=True overwrites the checkpoint that `prune_checkpoints(..., recycle=True)` parked, if any,
     instead of creating a file: its pages are still cached, so the copy skips the page allocation
-    (for the digits Trainer's 1 MB: ~0.4 ms -> ~0.1 ms on tmpfs, ~0.2 ms -> ~0.04 ms on ext4 here)."""
+    (`benchmarks/bench_checkpoint_io.py`: 1.24x-1.42x faster for the digits Trainer's 1 MB state)."""
     from fasttrain._ext import _C
 
     parts = _serial.dumps_parts(state, addresses=True)
