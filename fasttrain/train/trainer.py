@@ -58,6 +58,9 @@ class Trainer(_TrainerState):
         when fit stops mid-epoch; the newest `keep_last_k` are kept). Also the default directory of the
         CSV log.
     compile: False | True | "auto" (times eager and compiled for a few steps and keeps the faster).
+    seed: python, numpy and torch RNGs are seeded with it when fit() starts at step 0; a later fit() that
+        continues training keeps the RNG streams going (shuffles and dropout do not repeat), and
+        fit(resume=...) restores the checkpoint's.
     batch_size: used when fit() gets tensors instead of a loader.
     tune_allocator: at fit() start, raise glibc malloc's mmap/trim thresholds for the whole process, so
         each step's activations reuse mapped pages instead of faulting them in again (the heap keeps its
@@ -280,7 +283,8 @@ class Trainer(_TrainerState):
         if self.tune_allocator:
             tune_allocator()  # process-wide, once: freed activations stay mapped (fasttrain/train/allocator.py)
         self.train_loader = self._as_loader(train_data, shuffle=True)
-        self._seed_everything()
+        if self.global_step == 0:  # a fit that continues training keeps the RNG streams going
+            self._seed_everything()
         if resume is not None:
             self._resume(resume)
         if self.verbose:

@@ -130,6 +130,33 @@ def test_exact_resume_after_sigkill(tmp_path, grad_accum, kill_at):
     assert not list((tmp_path / "killed").glob(".*.tmp"))  # the killed run's unfinished writes were cleaned up
 
 
+def test_seed_applies_at_step_0_and_a_continued_fit_keeps_the_rng_streams(digits):
+    """fit() from step 0 seeds the RNGs with `seed`; calling fit() again to train on does not reseed,
+    so a DataLoader's shuffle (and dropout) do not replay the first fit's."""
+    train, _ = digits
+
+    class Rng(Callback):
+        def __init__(self):
+            self.start, self.end = [], []
+
+        def on_fit_start(self, trainer):
+            self.start.append(torch.get_rng_state())
+
+        def on_fit_end(self, trainer):
+            self.end.append(torch.get_rng_state())
+
+    rng = Rng()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*train), batch_size=64, shuffle=True)
+    t = fasttrain.Trainer(digits_mlp(16), optimizer=adamw(), loss_fn=CE, max_epochs=1, loggers=None, verbose=False,
+                          callbacks=[rng], seed=3)
+    t.fit(loader)
+    assert torch.equal(rng.start[0], torch.Generator().manual_seed(3).get_state())  # seeded
+    t.max_epochs = 2
+    t.fit(loader)
+    assert torch.equal(rng.start[1], rng.end[0])  # not reseeded
+    assert not torch.equal(rng.start[1], rng.start[0])
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw-noclip", "torch-sgd"])
 def test_no_host_sync_between_log_points(digits, optimizer):
     """adamw: clipping folded into the flat-buffer step; adamw-noclip: the multi-tensor step reading
