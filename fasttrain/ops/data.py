@@ -136,7 +136,7 @@ def fill_batch(op: str, plans: Sequence, outs: Sequence[torch.Tensor], idx: np.n
     for f, (p, o) in enumerate(zip(plans, outs)):
         if o.device.type != "cpu" or not o.is_contiguous() or o.numel() * o.element_size() < len(idx) * p.out_row_bytes:
             raise ValueError(f"{op}: output {f} must be a contiguous CPU tensor with room for {len(idx)} rows")
-    _C.data.fill_batch(list(plans), [o.data_ptr() for o in outs], idx.ctypes.data, len(idx), seed, epoch, threads or num_threads())
+    fill_batch_trusted(list(plans), [o.data_ptr() for o in outs], idx, seed, epoch, threads or num_threads())
 
 
 def fill_batch_trusted(plans: list, out_ptrs: list[int], idx: np.ndarray, seed: int, epoch: int, threads: int) -> None:
